@@ -1,0 +1,156 @@
+"""Label conventions: KiTS label ids, the segments shown to users, terminology, and left/right kidney split.
+
+Two label maps appear in RenalSeg:
+- the *KiTS label map* (what the network predicts and what KiTS23 ships): 0 background, 1 kidney,
+  2 tumor, 3 cyst;
+- the *segment map* (what users see): the kidney label split by patient side, values in ``SEGMENTS``.
+Left and right always come from the image's physical LPS coordinates (+x is the patient's left),
+never from array order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+BACKGROUND, KIDNEY, TUMOR, CYST = 0, 1, 2, 3
+CLASS_NAMES = ("background", "kidney", "tumor", "cyst")
+NUM_CLASSES = 4
+LESION_LABELS = (TUMOR, CYST)
+
+# KiTS hierarchical evaluation classes and their surface-Dice tolerances (neheller/kits23).
+HEC_REGIONS: dict[str, tuple[int, ...]] = {
+    "kidney_and_masses": (KIDNEY, TUMOR, CYST),
+    "masses": (TUMOR, CYST),
+    "tumor": (TUMOR,),
+}
+SURFACE_DICE_TOLERANCE_MM: dict[str, float] = {"kidney_and_masses": 1.0330, "masses": 1.1328, "tumor": 1.1500}
+
+
+@dataclass(frozen=True)
+class Code:
+    """A coded concept (DICOM style): coding scheme designator, code value, code meaning."""
+
+    scheme: str
+    value: str
+    meaning: str
+
+    def slicer(self) -> str:
+        return f"{self.scheme}^{self.value}^{self.meaning}"
+
+
+NO_CODE = Code("", "", "")
+_ANATOMY = Code("SCT", "123037004", "Anatomical Structure")
+_ALTERED = Code("SCT", "49755003", "Morphologically Altered Structure")
+_KIDNEY = Code("SCT", "64033007", "Kidney")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A segment shown to users: value in the segment map, KiTS label it comes from, name, colour, codes."""
+
+    value: int
+    kits_label: int
+    name: str
+    color: tuple[float, float, float]
+    category: Code
+    type: Code
+    type_modifier: Code = NO_CODE
+    region: Code = NO_CODE
+
+    @property
+    def color_uint8(self) -> tuple[int, int, int]:
+        return tuple(int(round(c * 255)) for c in self.color)
+
+    def slicer_terminology(self) -> str:
+        """The segment's terminology entry in 3D Slicer's ``~``-separated tag format."""
+        return "~".join(
+            [
+                "Segmentation category and type - 3D Slicer General Anatomy list",
+                self.category.slicer(),
+                self.type.slicer(),
+                self.type_modifier.slicer(),
+                "Anatomic codes - DICOM master list",
+                self.region.slicer(),
+                NO_CODE.slicer(),
+            ]
+        )
+
+
+SEGMENTS: tuple[Segment, ...] = (
+    Segment(1, KIDNEY, "Right kidney", (185 / 255, 102 / 255, 83 / 255), _ANATOMY, _KIDNEY, Code("SCT", "24028007", "Right")),
+    Segment(2, KIDNEY, "Left kidney", (212 / 255, 140 / 255, 110 / 255), _ANATOMY, _KIDNEY, Code("SCT", "7771000", "Left")),
+    Segment(3, TUMOR, "Renal tumor", (241 / 255, 214 / 255, 69 / 255), _ALTERED, Code("SCT", "108369006", "Neoplasm"), region=_KIDNEY),
+    Segment(4, CYST, "Renal cyst", (111 / 255, 184 / 255, 210 / 255), _ALTERED, Code("SCT", "367643001", "Cyst"), region=_KIDNEY),
+)
+SEGMENT_BY_NAME = {segment.name: segment for segment in SEGMENTS}
+
+
+def region_mask(labels: np.ndarray, region: str) -> np.ndarray:
+    """Boolean mask of a KiTS HEC region ("kidney_and_masses", "masses" or "tumor")."""
+    return np.isin(labels, HEC_REGIONS[region])
+
+
+def _lps_x_of_voxels(image: sitk.Image, kji: np.ndarray) -> np.ndarray:
+    """LPS x (patient left is positive) of voxels given as an (n, 3) array of (k, j, i) indices."""
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    row = direction[0] * np.array(image.GetSpacing())  # x as a function of (i, j, k)
+    return kji[:, ::-1] @ row + image.GetOrigin()[0]
+
+
+def body_midline_x(ct: sitk.Image, body_threshold_hu: float = -500.0) -> float:
+    """LPS x of the body's midline: the centroid of voxels denser than air, on a coarse grid."""
+    step = max(1, int(round(4.0 / min(ct.GetSpacing()))))
+    coarse = sitk.GetArrayViewFromImage(ct)[::step, ::step, ::step]
+    kji = np.argwhere(coarse > body_threshold_hu) * step
+    if len(kji) == 0:
+        return image_center_x(ct)
+    return float(np.median(_lps_x_of_voxels(ct, kji)))
+
+
+def image_center_x(image: sitk.Image) -> float:
+    """LPS x of the image's centre."""
+    centre = (np.array(image.GetSize()) - 1) / 2.0
+    return float(image.TransformContinuousIndexToPhysicalPoint(centre.tolist())[0])
+
+
+def segment_map(labels: sitk.Image, midline_x: float | None = None) -> sitk.Image:
+    """Split a KiTS label map into the user-facing segment map (right/left kidney, tumor, cyst).
+
+    Each connected kidney-and-masses component is assigned to the side of ``midline_x`` (LPS x of the
+    patient's midline, e.g. from ``body_midline_x``; the image centre when omitted) on which its
+    centroid lies. A component that crosses the midline by more than a quarter of its width on both
+    sides (horseshoe kidney) is split voxel-wise at the midline.
+    """
+    kits = sitk.GetArrayViewFromImage(labels)
+    midline = image_center_x(labels) if midline_x is None else midline_x
+    out = np.zeros(kits.shape, np.uint8)
+    out[kits == TUMOR] = SEGMENT_BY_NAME["Renal tumor"].value
+    out[kits == CYST] = SEGMENT_BY_NAME["Renal cyst"].value
+    components = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.Cast(labels > 0, sitk.sitkUInt8), True))
+    right, left = SEGMENT_BY_NAME["Right kidney"].value, SEGMENT_BY_NAME["Left kidney"].value
+    for component in range(1, int(components.max()) + 1):
+        kidney_kji = np.argwhere((components == component) & (kits == KIDNEY))
+        if len(kidney_kji) == 0:
+            continue
+        x = _lps_x_of_voxels(labels, kidney_kji)
+        width = x.max() - x.min()
+        horseshoe = min(x.max() - midline, midline - x.min()) > 0.25 * width
+        if horseshoe:
+            side = np.where(x > midline, left, right)
+        else:
+            side = left if x.mean() > midline else right
+        out[tuple(kidney_kji.T)] = side
+    result = sitk.GetImageFromArray(out)
+    result.CopyInformation(labels)
+    return result
+
+
+def kits_labels_from_segments(segments: np.ndarray) -> np.ndarray:
+    """Inverse of ``segment_map`` on arrays: segment values back to KiTS labels."""
+    lookup = np.zeros(256, np.uint8)
+    for segment in SEGMENTS:
+        lookup[segment.value] = segment.kits_label
+    return lookup[segments]

@@ -1,0 +1,36 @@
+"""Shared pytest fixtures: phantoms and the optional ../shared data."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTING = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTING))  # `import phantoms` from any test folder
+
+SHARED_DATA = TESTING.parent.parent / "shared" / "data"
+KITS_LABELS = SHARED_DATA / "kits23" / "labels"
+REAL_CT = SHARED_DATA / "real_ct" / "dicom_series"
+
+
+@pytest.fixture
+def kits_labels_dir() -> Path:
+    if not KITS_LABELS.is_dir():
+        pytest.skip(f"KiTS23 label maps not found at {KITS_LABELS} (the ../shared data of the development checkout)")
+    return KITS_LABELS
+
+
+@pytest.fixture
+def real_ct_dir() -> Path:
+    if not REAL_CT.is_dir():
+        pytest.skip(f"real CT DICOM series not found at {REAL_CT} (the ../shared data of the development checkout)")
+    return REAL_CT
+
+
+@pytest.fixture
+def phantom():
+    import phantoms
+
+    return phantoms.kidney_phantom()
