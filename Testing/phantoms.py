@@ -61,10 +61,13 @@ def oblique_direction(angle_deg: float = 20.0, flip_lr: bool = False) -> np.ndar
     return rotation
 
 
-def kidney_phantom(size=(96, 96, 64), spacing=(2.0, 2.0, 2.5), direction=None, origin=(0.0, 0.0, 0.0), noise_hu: float = 0.0, seed: int = 0) -> Phantom:
-    """CT (int16 HU) and KiTS labels: body, two kidneys, a tumor on the right kidney, a cyst in the left."""
+def kidney_phantom(size=(96, 96, 64), spacing=(2.0, 2.0, 2.5), direction=None, origin=(0.0, 0.0, 0.0), noise_hu: float = 0.0, seed: int = 0, scale: float = 1.0) -> Phantom:
+    """CT (int16 HU) and KiTS labels: body, two kidneys, a tumor on the right kidney, a cyst in the left.
+
+    ``scale`` shrinks (< 1) or grows the anatomy, so that a small image still holds the whole body.
+    """
     ct = blank_image(size, spacing, direction, origin)
-    points = physical_grid(ct) - image_center(ct)
+    points = (physical_grid(ct) - image_center(ct)) / scale
     values = np.full(points.shape[:3], HU["air"], np.float32)
     labels = np.zeros(points.shape[:3], np.uint8)
     body = ellipsoid(points[..., :2], (0, 0), (140, 100))

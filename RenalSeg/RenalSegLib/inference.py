@@ -1,0 +1,222 @@
+"""One-click auto segmentation: coarse kidney localisation, fine segmentation per kidney, postprocessing.
+
+Data flow: CT (any grid) -> 4 mm copy -> coarse network -> kidney regions -> for each region a 1.5 mm
+crop aligned with the CT -> fine network (zero click guidance) -> class probabilities resampled onto the
+CT's own voxels inside the region -> argmax -> postprocessing -> KiTS label map with the CT's geometry.
+Only the kidney regions are ever processed at high resolution, which bounds time and memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import labels as L
+from .errors import RenalSegError
+from .network import NetworkConfig, minimum_input_multiple
+from .preprocess import grid_for_image, grid_for_region, normalize_ct, resample_onto
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[float, str], None]
+KIDNEY_MARGIN_MM = 20.0  # context added around each coarse kidney region before the fine stage
+MIN_KIDNEY_ML = 15.0  # coarse components smaller than this are not kidneys
+MIN_LESION_ML = 0.05  # lesion components smaller than this are noise
+
+
+class Cancelled(Exception):
+    """Raised inside ``segment`` when its ``cancel`` event is set."""
+
+
+@dataclass
+class Segmenter:
+    """Loaded networks and settings; reuse one instance to segment many CTs without reloading."""
+
+    networks: dict
+    device: object
+    fast: bool = False
+    flip_tta: bool = False
+    window: int = 96
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, model_path=None, device: str = "auto", fast: bool = False, flip_tta: bool = False) -> "Segmenter":
+        from .device import resolve_device
+        from .network import load_model
+
+        torch_device = resolve_device(device)
+        return cls(load_model(model_path, torch_device), torch_device, fast, flip_tta)
+
+    # -- stages -------------------------------------------------------------------------------------
+
+    def _predict(self, name: str, image: np.ndarray, guidance: np.ndarray | None = None) -> np.ndarray:
+        """Softmax probabilities (classes, k, j, i) of network ``name`` on a normalised image."""
+        import torch
+        from monai.inferers import sliding_window_inference
+
+        module, config = self.networks[name]
+        x = torch.zeros((1, config.in_channels, *image.shape), dtype=torch.float32)
+        x[0, 0] = torch.from_numpy(image)
+        if guidance is not None:
+            x[0, 1:] = torch.from_numpy(guidance)
+        x = x.to(self.device)
+        window = [min(self.window, _round_up(s, minimum_input_multiple(config))) for s in image.shape]
+        with torch.inference_mode(), _autocast(self.device):
+            logits = sliding_window_inference(x, window, 2, module, overlap=0.125 if self.fast else 0.25, mode="gaussian", padding_mode="constant")
+            if self.flip_tta and not self.fast:
+                for axes in ((2,), (3,), (4,)):
+                    logits = logits + torch.flip(sliding_window_inference(torch.flip(x, axes), window, 2, module, overlap=0.25, mode="gaussian"), axes)
+        return torch.softmax(logits.float(), 1)[0].cpu().numpy()
+
+    def kidney_regions(self, ct: sitk.Image) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(start, stop) index boxes (i, j, k) of the kidneys found by the coarse network."""
+        _, config = self.networks["coarse"]
+        grid = grid_for_image(ct, config.spacing_mm)
+        coarse_ct = resample_onto(ct, grid, sitk.sitkLinear, -1024.0)
+        probabilities = self._predict("coarse", normalize_ct(sitk.GetArrayViewFromImage(coarse_ct)))
+        mask = sitk.GetImageFromArray((probabilities[1] > 0.5).astype(np.uint8))
+        mask.CopyInformation(grid)
+        components = sitk.RelabelComponent(sitk.ConnectedComponent(mask), minimumObjectSize=int(MIN_KIDNEY_ML * 1000 / config.spacing_mm**3))
+        stats = sitk.LabelShapeStatisticsImageFilter()
+        stats.Execute(components)
+        boxes = []
+        for label in list(stats.GetLabels())[:3]:  # two kidneys, or a kidney split by a large mass
+            box = stats.GetBoundingBox(label)
+            corners = [grid.TransformIndexToPhysicalPoint([int(box[a] + box[a + 3] * c) for a, c in zip(range(3), corner)]) for corner in np.ndindex(2, 2, 2)]
+            index = np.array([ct.TransformPhysicalPointToContinuousIndex(p) for p in corners])
+            margin = KIDNEY_MARGIN_MM / np.array(ct.GetSpacing())
+            start = np.clip(np.floor(index.min(0) - margin), 0, None).astype(int)
+            stop = np.minimum(np.ceil(index.max(0) + margin) + 1, ct.GetSize()).astype(int)
+            boxes.append((start, stop))
+        return _merge_overlapping(boxes)
+
+    def segment_region(self, ct: sitk.Image, start, stop) -> np.ndarray:
+        """KiTS probabilities (4, k, j, i) on the CT's own voxels inside the index box [start, stop)."""
+        _, config = self.networks["fine"]
+        grid = grid_for_region(ct, start, stop, config.spacing_mm, minimum_input_multiple(config))
+        crop = normalize_ct(sitk.GetArrayFromImage(resample_onto(ct, grid, sitk.sitkLinear, -1024.0)))
+        probabilities = self._predict("fine", crop)
+        target = sitk.RegionOfInterest(ct, [int(s) for s in stop - start], [int(s) for s in start])
+        out = np.empty((probabilities.shape[0], *reversed(target.GetSize())), np.float32)
+        for c, p in enumerate(probabilities):
+            image = sitk.GetImageFromArray(p)
+            image.CopyInformation(grid)
+            out[c] = sitk.GetArrayFromImage(resample_onto(image, target, sitk.sitkLinear, 1.0 if c == 0 else 0.0))
+        return out
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return int(np.ceil(value / multiple) * multiple)
+
+
+def _autocast(device):
+    import torch
+
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    from .training import bf16_supported
+
+    if device.type == "cpu" and bf16_supported():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _merge_overlapping(boxes):
+    """Merge index boxes that overlap, so no voxel is segmented twice."""
+    merged = []
+    for start, stop in boxes:
+        for n, (s, e) in enumerate(merged):
+            if np.all(start < e) and np.all(s < stop):
+                merged[n] = (np.minimum(s, start), np.maximum(e, stop))
+                break
+        else:
+            merged.append((start, stop))
+    return merged
+
+
+def postprocess(kits: np.ndarray, spacing) -> np.ndarray:
+    """Clean a KiTS label array: keep kidney-and-masses components that contain kidney, drop tiny lesions.
+
+    A lesion is kept only when it touches kidney tissue (inside or adjacent), as renal masses do.
+    """
+    from scipy import ndimage
+
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    out = kits.copy()
+    components, count = ndimage.label(out > 0)
+    if count:
+        has_kidney = ndimage.maximum(out == L.KIDNEY, components, index=np.arange(1, count + 1)).astype(bool)
+        sizes = ndimage.sum(np.ones_like(out, dtype=bool), components, index=np.arange(1, count + 1)) * voxel_ml
+        keep = np.zeros(count + 1, bool)
+        keep[1:] = has_kidney & (sizes >= MIN_KIDNEY_ML / 3)
+        out[~keep[components]] = L.BACKGROUND
+    lesions, count = ndimage.label(np.isin(out, L.LESION_LABELS))
+    if count:
+        sizes = ndimage.sum(np.ones_like(out, dtype=bool), lesions, index=np.arange(1, count + 1)) * voxel_ml
+        small = np.zeros(count + 1, bool)
+        small[1:] = sizes < MIN_LESION_ML
+        out[small[lesions]] = L.KIDNEY
+    return out
+
+
+def segment(
+    ct: sitk.Image,
+    *,
+    device: str = "auto",
+    fast: bool = False,
+    model_path=None,
+    segmenter: Segmenter | None = None,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+) -> sitk.Image:
+    """Segment kidneys, tumors and cysts in a CT (HU); returns a KiTS label map with the CT's geometry.
+
+    ``progress(fraction, message)`` is called between stages; setting ``cancel`` stops at the next
+    stage with ``Cancelled``. Pass a loaded ``segmenter`` to avoid reloading the model.
+    """
+    report = progress or (lambda fraction, message: None)
+
+    def check_cancel():
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("segmentation cancelled")
+
+    if ct.GetDimension() != 3:
+        raise RenalSegError(f"CT must be 3D, got {ct.GetDimension()}D")
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if segmenter is None:
+        report(0.0, "loading model")
+        segmenter = Segmenter.load(model_path, device, fast)
+    timings["load"] = time.perf_counter() - t0
+    check_cancel()
+    report(0.05, "finding kidneys")
+    t0 = time.perf_counter()
+    regions = segmenter.kidney_regions(ct)
+    timings["coarse"] = time.perf_counter() - t0
+    kits = np.zeros(tuple(reversed(ct.GetSize())), np.uint8)
+    t0 = time.perf_counter()
+    for n, (start, stop) in enumerate(regions):
+        check_cancel()
+        report(0.1 + 0.8 * n / max(1, len(regions)), f"segmenting kidney region {n + 1} of {len(regions)}")
+        probabilities = segmenter.segment_region(ct, start, stop)
+        box = tuple(slice(int(a), int(b)) for a, b in zip(reversed(start), reversed(stop)))
+        kits[box] = probabilities.argmax(0)  # regions are disjoint (merged when overlapping)
+    timings["fine"] = time.perf_counter() - t0
+    report(0.92, "postprocessing")
+    t0 = time.perf_counter()
+    kits = postprocess(kits, ct.GetSpacing())
+    timings["postprocess"] = time.perf_counter() - t0
+    segmenter.timings = timings
+    if not regions:
+        log.warning("no kidney found in this CT")
+    report(1.0, "done")
+    result = sitk.GetImageFromArray(kits)
+    result.CopyInformation(ct)
+    return result

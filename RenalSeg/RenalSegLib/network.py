@@ -1,0 +1,171 @@
+"""Network factory, the input-channel contract, and model files (weights + model card).
+
+A RenalSeg model file holds two networks, both built from a plain config dict:
+- ``coarse``: finds the kidneys on a low-resolution copy of the CT (input: CT; output: background,
+  kidney-and-masses);
+- ``fine``: segments each kidney region at high resolution (input: CT, positive guidance, negative
+  guidance; output: background, kidney, tumor, cyst). Auto mode feeds zero guidance, so the same
+  network serves one-click segmentation and click-to-refine.
+Weights are stored in half precision (the file stays small) and loaded with ``weights_only=True``.
+A JSON model card with the same stem sits beside the weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import RenalSegError
+
+# Input channels of the fine network.
+CT_CHANNEL, POSITIVE_CHANNEL, NEGATIVE_CHANNEL = 0, 1, 2
+FINE_IN_CHANNELS = 3
+MODELS_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Models"
+DEFAULT_MODEL_NAME = "renalseg_v1.pt"
+
+
+@dataclass
+class NetworkConfig:
+    """Everything needed to rebuild a network: architecture, channels and the grid it was trained on."""
+
+    architecture: str = "dynunet"  # "dynunet" (nnU-Net-style residual U-Net) or "vnet_attention"
+    in_channels: int = FINE_IN_CHANNELS
+    out_channels: int = 4
+    filters: tuple[int, ...] = (16, 32, 64, 128, 256)
+    spacing_mm: float = 1.5  # isotropic spacing of the network's input grid
+    patch_size: tuple[int, int, int] = (64, 64, 64)  # training patch (k, j, i); inference windows may be larger
+    residual: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "NetworkConfig":
+        values = dict(values)
+        values["filters"] = tuple(values["filters"])
+        values["patch_size"] = tuple(values["patch_size"])
+        return cls(**values)
+
+
+def build_network(config: NetworkConfig):
+    """Build the torch module described by ``config`` (MONAI networks)."""
+    if config.architecture == "dynunet":
+        from monai.networks.nets import DynUNet
+
+        depth = len(config.filters)
+        return DynUNet(
+            spatial_dims=3,
+            in_channels=config.in_channels,
+            out_channels=config.out_channels,
+            kernel_size=[3] * depth,
+            strides=[1] + [2] * (depth - 1),
+            upsample_kernel_size=[2] * (depth - 1),
+            filters=list(config.filters),
+            norm_name=("INSTANCE", {"affine": True}),
+            act_name=("leakyrelu", {"inplace": True, "negative_slope": 0.01}),
+            res_block=config.residual,
+        )
+    if config.architecture == "vnet_attention":
+        from .attention_vnet import AttentionVNet
+
+        return AttentionVNet(config.in_channels, config.out_channels, tuple(config.filters))
+    raise RenalSegError(f"unknown network architecture {config.architecture!r}")
+
+
+def minimum_input_multiple(config: NetworkConfig) -> int:
+    """Spatial sizes fed to the network must be multiples of this (one halving per level)."""
+    return 2 ** (len(config.filters) - 1)
+
+
+def count_parameters(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+# --- model files -----------------------------------------------------------------------------------
+
+def save_model(path: str | os.PathLike, networks: dict[str, tuple[Any, NetworkConfig]], card: dict) -> Path:
+    """Save named networks (module, config) in half precision, plus the JSON model card beside them."""
+    import torch
+
+    from .outputs import atomic_path
+
+    path = Path(path)
+    payload = {
+        name: {
+            "config": _plain(asdict(config)),
+            # A half-precision copy of the module keeps shared parameters shared (saved once).
+            "state_dict": copy.deepcopy(module).to("cpu").half().state_dict(),
+        }
+        for name, (module, config) in networks.items()
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    card = dict(card)
+    card["file"] = path.name
+    card["sha256"] = sha256(path)
+    card["networks"] = {name: {"config": payload[name]["config"], "parameters": count_parameters(module)} for name, (module, _) in networks.items()}
+    with atomic_path(model_card_path(path)) as tmp:
+        tmp.write_text(json.dumps(card, indent=2) + "\n")
+    return path
+
+
+def _plain(value):
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def load_model(path: str | os.PathLike | None = None, device=None) -> dict[str, tuple[Any, NetworkConfig]]:
+    """Load every network in a model file, in eval mode, float32, on ``device``: {name: (module, config)}."""
+    import torch
+
+    path = Path(path) if path is not None else default_model_path()
+    if not path.is_file():
+        raise RenalSegError(f"{path}: model file not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or foreign files
+        raise RenalSegError(f"{path}: not a RenalSeg model file ({type(exc).__name__})") from None
+    networks = {}
+    for name, entry in payload.items():
+        config = NetworkConfig.from_dict(entry["config"])
+        module = build_network(config)
+        module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in entry["state_dict"].items()})
+        module.eval()
+        if device is not None:
+            module.to(device)
+        networks[name] = (module, config)
+    return networks
+
+
+def model_card_path(model_path: str | os.PathLike) -> Path:
+    return Path(model_path).with_suffix(".json")
+
+
+def read_model_card(model_path: str | os.PathLike) -> dict:
+    card = model_card_path(model_path)
+    if not card.is_file():
+        raise RenalSegError(f"{card}: model card not found")
+    return json.loads(card.read_text())
+
+
+def default_model_path() -> Path:
+    """The bundled model, or the file named by the RENALSEG_MODEL environment variable."""
+    override = os.environ.get("RENALSEG_MODEL")
+    path = Path(override) if override else MODELS_DIR / DEFAULT_MODEL_NAME
+    if not path.is_file():
+        raise RenalSegError(f"{path}: model file not found (set RENALSEG_MODEL or reinstall RenalSeg)")
+    return path
+
+
+def sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,70 @@
+"""Preprocessing: HU normalisation and resampling between the CT's grid and the networks' isotropic grids.
+
+Network grids keep the CT's direction matrix (so a crop of the CT is an axis-aligned box in both) and
+only change the spacing; all resampling goes through SimpleITK in physical space.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+# Fixed CT window for the networks: covers fat (-100) to enhancing cortex / contrast (~500 HU).
+HU_MIN, HU_MAX = -250.0, 550.0
+HU_CENTER, HU_SCALE = 150.0, 200.0
+
+
+def normalize_ct(hu: np.ndarray) -> np.ndarray:
+    """Map HU to the networks' input range: clip to [-250, 550] HU, centre 150, scale 200 -> [-2, 2]."""
+    return ((np.clip(hu.astype(np.float32, copy=False), HU_MIN, HU_MAX) - HU_CENTER) / HU_SCALE).astype(np.float32)
+
+
+def grid_for_region(image: sitk.Image, start_ijk, stop_ijk, spacing_mm: float, multiple: int = 1) -> sitk.Image:
+    """An empty float image aligned with ``image`` covering index box [start, stop) at isotropic spacing.
+
+    The grid size is rounded up to a multiple of ``multiple`` (what the network needs), growing
+    symmetrically about the box centre.
+    """
+    start = np.asarray(start_ijk, float)
+    stop = np.asarray(stop_ijk, float)
+    spacing_in = np.array(image.GetSpacing())
+    extent_mm = (stop - start) * spacing_in
+    size = np.maximum(np.ceil(extent_mm / spacing_mm), 1).astype(int)
+    size = (np.ceil(size / multiple) * multiple).astype(int)
+    # Centre of the index box (voxel centres at integer indices; box edges at start-0.5 and stop-0.5).
+    centre_index = (start + stop - 1) / 2.0
+    centre = np.array(image.TransformContinuousIndexToPhysicalPoint(centre_index.tolist()))
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    origin = centre - direction @ ((size - 1) / 2.0 * spacing_mm)
+    grid = sitk.Image([int(s) for s in size], sitk.sitkFloat32)
+    grid.SetSpacing([spacing_mm] * 3)
+    grid.SetDirection(image.GetDirection())
+    grid.SetOrigin(origin.tolist())
+    return grid
+
+
+def grid_for_image(image: sitk.Image, spacing_mm: float, multiple: int = 1) -> sitk.Image:
+    """An empty grid covering the whole image at isotropic ``spacing_mm``."""
+    return grid_for_region(image, (0, 0, 0), image.GetSize(), spacing_mm, multiple)
+
+
+def resample_onto(image: sitk.Image, grid: sitk.Image, interpolator=sitk.sitkLinear, default: float = -1024.0, pixel=sitk.sitkFloat32) -> sitk.Image:
+    """Resample ``image`` onto ``grid``'s geometry (identity transform, physical space).
+
+    Downsampling by more than 1.5x is preceded by a Gaussian blur so that thin structures are not aliased.
+    """
+    factor = np.array(grid.GetSpacing()) / np.array(image.GetSpacing())
+    if interpolator != sitk.sitkNearestNeighbor and factor.max() > 1.5:
+        sigma = [0.5 * s if f > 1.5 else 1e-3 * s for s, f in zip(grid.GetSpacing(), factor)]  # ITK needs sigma > 0
+        image = sitk.SmoothingRecursiveGaussian(sitk.Cast(image, sitk.sitkFloat32), sigma)
+    return sitk.Resample(image, grid, sitk.Transform(), interpolator, default, pixel)
+
+
+def crop_index_box(mask: np.ndarray, margin_vox, shape) -> tuple[np.ndarray, np.ndarray] | None:
+    """(start, stop) (k, j, i) box of the true voxels of ``mask`` grown by ``margin_vox``, clipped to ``shape``."""
+    where = np.argwhere(mask)
+    if len(where) == 0:
+        return None
+    start = np.maximum(where.min(0) - np.asarray(margin_vox), 0)
+    stop = np.minimum(where.max(0) + 1 + np.asarray(margin_vox), shape)
+    return start.astype(int), stop.astype(int)

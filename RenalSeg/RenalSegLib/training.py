@@ -1,0 +1,413 @@
+"""Training: case sources, a cache of network-grid volumes, the MONAI patch pipeline and the training loop.
+
+Steps, each with its own inputs and outputs on disk (nnU-Net style):
+1. ``prepare_cache``: case source (KiTS23 label maps + synthesis, or real CT) -> cropped, resampled
+   ``.npz`` volumes on the stage's grid (coarse 4 mm whole body, fine 1.5 mm around the kidneys).
+2. ``fit``: MONAI patch sampling that over-samples lesions, Dice + cross-entropy, AdamW with warm-up and
+   cosine decay, bf16 autocast on CPUs that support it, checkpoints + resume, a JSON-lines log, and
+   optional simulated click rounds so the fine network also learns click-to-refine.
+3. ``bundle``: the two trained networks -> one model file with its model card.
+Multi-GPU: launch ``fit`` under ``torchrun``; it then uses DistributedDataParallel.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import labels as L
+from .errors import RenalSegError
+from .network import FINE_IN_CHANNELS, NetworkConfig
+from .preprocess import grid_for_region, normalize_ct, resample_onto
+from .volume import read_labels, read_volume
+
+log = logging.getLogger(__name__)
+
+STAGES = {
+    "coarse": NetworkConfig(in_channels=1, out_channels=2, filters=(8, 16, 32, 64, 128), spacing_mm=4.0, patch_size=(64, 64, 64)),
+    "fine": NetworkConfig(in_channels=FINE_IN_CHANNELS, out_channels=4, filters=(16, 32, 64, 128, 256), spacing_mm=1.5, patch_size=(64, 64, 64)),
+}
+FINE_MARGIN_MM = 40.0  # context kept around the kidneys in fine-stage volumes
+VALIDATION_EVERY = 10  # every 10th KiTS case (sorted by id) is held out for validation
+
+
+# --- case sources ----------------------------------------------------------------------------------
+
+def kits_case_split(label_dir: str | os.PathLike) -> tuple[list[Path], list[Path]]:
+    """Fixed train/validation split of a folder of KiTS label maps: every 10th case is validation."""
+    files = sorted(Path(label_dir).glob("case_*.nii.gz"))
+    if not files:
+        raise RenalSegError(f"{label_dir}: no case_*.nii.gz label maps found")
+    validation = files[VALIDATION_EVERY - 1 :: VALIDATION_EVERY]
+    train = [f for f in files if f not in set(validation)]
+    return train, validation
+
+
+def real_case_pairs(root: str | os.PathLike) -> list[tuple[Path, Path]]:
+    """(CT, labels) pairs of a real dataset: KiTS layout (case_*/imaging.nii.gz + segmentation.nii.gz)
+    or an nnU-Net raw dataset (imagesTr/NAME_0000.nii.gz + labelsTr/NAME.nii.gz)."""
+    root = Path(root)
+    pairs = [(d / "imaging.nii.gz", d / "segmentation.nii.gz") for d in sorted(root.glob("case_*")) if (d / "imaging.nii.gz").is_file()]
+    if not pairs and (root / "labelsTr").is_dir():
+        for label in sorted((root / "labelsTr").glob("*.nii.gz")):
+            image = root / "imagesTr" / label.name.replace(".nii.gz", "_0000.nii.gz")
+            if image.is_file():
+                pairs.append((image, label))
+    if not pairs:
+        raise RenalSegError(f"{root}: neither a KiTS (case_*/imaging.nii.gz) nor an nnU-Net raw dataset (imagesTr/, labelsTr/)")
+    return pairs
+
+
+def synthetic_case(label_path: Path, seed: int) -> tuple[sitk.Image, sitk.Image]:
+    """A synthetic CT and its labels from one real KiTS label map."""
+    from .synthesis import synthesize
+
+    result = synthesize(read_labels(label_path), seed=seed)
+    return result.ct, result.labels
+
+
+def real_case(ct_path: Path, label_path: Path) -> tuple[sitk.Image, sitk.Image]:
+    ct = read_volume(ct_path)
+    labels = read_labels(label_path)
+    labels.CopyInformation(ct)  # real datasets store both on one grid; tiny header differences are noise
+    return ct, labels
+
+
+# --- stage volumes ---------------------------------------------------------------------------------
+
+def stage_volumes(ct: sitk.Image, labels: sitk.Image, stage: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Resample one case onto a stage's grid: the whole image (coarse) or each kidney region (fine).
+
+    Returns (ct int16 HU, labels uint8) pairs in (k, j, i) order; coarse labels are 0/1 (kidney and masses).
+    """
+    config = STAGES[stage]
+    if stage == "coarse":
+        grid = grid_for_region(ct, (0, 0, 0), ct.GetSize(), config.spacing_mm)
+        regions = [grid]
+    else:
+        regions = [grid_for_region(ct, start, stop, config.spacing_mm) for start, stop in kidney_boxes(labels, FINE_MARGIN_MM)]
+    out = []
+    for grid in regions:
+        hu = sitk.GetArrayFromImage(resample_onto(ct, grid, sitk.sitkLinear, -1024.0))
+        lab = sitk.GetArrayFromImage(resample_onto(labels, grid, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
+        if stage == "coarse":
+            lab = (lab > 0).astype(np.uint8)
+        out.append((np.round(hu).astype(np.int16), lab))
+    return out
+
+
+def kidney_boxes(labels: sitk.Image, margin_mm: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(start, stop) index boxes (i, j, k) around each kidney-and-masses component larger than 10 mL."""
+    components = sitk.RelabelComponent(sitk.ConnectedComponent(sitk.Cast(labels > 0, sitk.sitkUInt8)), sortByObjectSize=True)
+    stats = sitk.LabelShapeStatisticsImageFilter()
+    stats.Execute(components)
+    margin = np.ceil(margin_mm / np.array(labels.GetSpacing())).astype(int)
+    boxes = []
+    for label in stats.GetLabels():
+        if stats.GetPhysicalSize(label) < 10_000:  # mm^3
+            continue
+        box = stats.GetBoundingBox(label)  # (i, j, k, size_i, size_j, size_k)
+        start = np.maximum(np.array(box[:3]) - margin, 0)
+        stop = np.minimum(np.array(box[:3]) + np.array(box[3:]) + margin, labels.GetSize())
+        boxes.append((start, stop))
+    return boxes
+
+
+def prepare_cache(cases: list[tuple[str, Callable[[], tuple[sitk.Image, sitk.Image]]]], cache_dir: str | os.PathLike, stage: str, progress: bool = True) -> list[Path]:
+    """Write each case's stage volumes to ``cache_dir/<name>_<n>.npz`` (skipping files already there)."""
+    from tqdm import tqdm
+
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, load in tqdm(cases, desc=f"caching {stage} volumes", disable=not progress):
+        if list(cache_dir.glob(f"{name}_*.npz")):
+            continue
+        ct, labels = load()
+        for n, (hu, lab) in enumerate(stage_volumes(ct, labels, stage)):
+            path = cache_dir / f"{name}_{n}.npz"
+            tmp = path.with_name(f".partial-{path.name}")
+            np.savez(tmp, ct=hu, labels=lab)
+            os.replace(tmp, path)
+            written.append(path)
+    return written
+
+
+# --- patch pipeline --------------------------------------------------------------------------------
+
+def patch_transforms(config: NetworkConfig, lesion_oversampling: bool):
+    """MONAI pipeline: crop patches (class-balanced: lesions over-sampled), flips, intensity jitter."""
+    from monai import transforms as T
+
+    classes = config.out_channels
+    # Patch centre class ratios: background, kidney, tumor, cyst (fine) or background, kidney (coarse).
+    ratios = [0.2, 0.3, 0.35, 0.15] if lesion_oversampling and classes == 4 else [0.4, 0.6][:classes] + [0.0] * max(0, classes - 2)
+    return T.Compose(
+        [
+            T.SpatialPadd(keys=("image", "label"), spatial_size=config.patch_size, mode="constant", value=0),
+            T.RandCropByLabelClassesd(
+                keys=("image", "label"), label_key="label", spatial_size=config.patch_size, ratios=ratios, num_classes=classes, num_samples=1, warn=False
+            ),
+            T.RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=2),  # left-right mirror: kidneys are near-symmetric
+            T.RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
+            T.RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
+            T.RandGaussianNoised(keys="image", std=0.03, prob=0.3),
+        ]
+    )
+
+
+class CachePatches:
+    """Endless stream of training patches from a cache folder that may still be growing."""
+
+    def __init__(self, cache_dir: Path, config: NetworkConfig, seed: int, exclude: set[str] = frozenset()):
+        self.cache_dir, self.config, self.seed, self.exclude = Path(cache_dir), config, seed, exclude
+        self.transform = patch_transforms(config, lesion_oversampling=True)
+
+    def _files(self) -> list[Path]:
+        return [f for f in sorted(self.cache_dir.glob("*.npz")) if f.name.rsplit("_", 2)[0] not in self.exclude]
+
+    def __iter__(self) -> Iterator[dict]:
+        rng = random.Random(self.seed)
+        self.transform.set_random_state(seed=self.seed)
+        files: list[Path] = []
+        for n in range(10**12):
+            if n % 64 == 0:
+                files = self._files() or files
+                if not files:
+                    raise RenalSegError(f"{self.cache_dir}: no cached volumes to train on")
+            with np.load(rng.choice(files)) as data:
+                image = normalize_ct(data["ct"])[None]
+                label = data["labels"][None].astype(np.int64)
+            sample = self.transform({"image": image, "label": label})[0]
+            yield {"image": np.asarray(sample["image"], np.float32), "label": np.asarray(sample["label"], np.int64)}
+
+
+def batches(stream: Iterator[dict], batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    while True:
+        items = [next(stream) for _ in range(batch_size)]
+        yield np.stack([i["image"] for i in items]), np.stack([i["label"] for i in items])
+
+
+# --- the training loop -----------------------------------------------------------------------------
+
+@dataclass
+class FitOptions:
+    stage: str = "fine"
+    cache_dir: str = "cache/fine"
+    run_dir: str = "runs/fine"
+    steps: int = 10_000
+    batch_size: int = 2
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-5
+    warmup_steps: int = 200
+    checkpoint_every: int = 200
+    validate_every: int = 500
+    validation_cases: list[str] = field(default_factory=list)  # cache names held out of training
+    click_rate: float = 0.0  # fraction of fine-stage batches trained with simulated clicks
+    max_click_rounds: int = 3
+    guidance_method: str = "adaptive"
+    seed: int = 0
+    bf16: bool = True
+    threads: int = 0  # 0: torch default
+
+
+def bf16_supported() -> bool:
+    """True when this CPU runs bf16 matmuls natively (AVX-512 BF16 or AMX); else autocast would be slower."""
+    import torch
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability not in ("AVX512", "AMX"):
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return capability == "AMX"
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def lr_at(step: int, options: FitOptions) -> float:
+    """Linear warm-up then cosine decay to 1% of the peak learning rate."""
+    if step < options.warmup_steps:
+        return options.learning_rate * (step + 1) / options.warmup_steps
+    progress = (step - options.warmup_steps) / max(1, options.steps - options.warmup_steps)
+    return options.learning_rate * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def fit(options: FitOptions) -> Path:
+    """Train one stage's network; resumes from ``run_dir/last.pt`` if present. Returns the checkpoint path."""
+    import torch
+    from monai.losses import DiceCELoss
+
+    from .network import build_network, count_parameters
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rank = int(os.environ.get("RANK", "0"))
+    if distributed:
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    torch.manual_seed(options.seed + rank)
+    config = STAGES[options.stage]
+    model = build_network(config).to(device)
+    if distributed:
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=options.learning_rate, weight_decay=options.weight_decay)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    run_dir = Path(options.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = run_dir / "last.pt"
+    step = 0
+    if checkpoint.is_file():
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        _unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+        log.info("resumed %s at step %d", checkpoint, step)
+    use_bf16 = options.bf16 and (device.type == "cuda" or bf16_supported())
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+    (run_dir / "options.json").write_text(json.dumps(asdict(options), indent=2))
+    log.info("training %s: %d parameters, bf16=%s, device=%s", options.stage, count_parameters(model), use_bf16, device)
+    stream = batches(iter(CachePatches(Path(options.cache_dir), config, options.seed + 1000 * step + rank, set(options.validation_cases))), options.batch_size)
+    clicker = ClickRounds(options) if options.stage == "fine" and options.click_rate > 0 else None
+    rng = np.random.default_rng(options.seed + step)
+    log_file = (run_dir / "log.jsonl").open("a")
+    started, losses = time.time(), []
+    model.train()
+    while step < options.steps:
+        images, targets = next(stream)
+        if config.in_channels > 1:
+            guidance = np.zeros((images.shape[0], config.in_channels - 1, *images.shape[2:]), np.float32)
+            images = np.concatenate([images, guidance], axis=1)
+        x = torch.from_numpy(images).to(device)
+        y = torch.from_numpy(targets).to(device)
+        if clicker is not None and rng.random() < options.click_rate:
+            x = clicker.add_clicks(model, x, targets, autocast, rng)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, options)
+        with autocast:
+            logits = model(x)
+        loss = loss_fn(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
+        optimizer.step()
+        step += 1
+        losses.append(loss.item())
+        if rank == 0 and step % 20 == 0:
+            record = {"step": step, "loss": float(np.mean(losses)), "lr": lr_at(step, options), "sec_per_step": (time.time() - started) / len(losses)}
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()
+            log.info("step %d loss %.4f (%.2f s/step)", step, record["loss"], record["sec_per_step"])
+            losses, started = [], time.time()
+        if rank == 0 and (step % options.checkpoint_every == 0 or step == options.steps):
+            _save_checkpoint(checkpoint, model, optimizer, step)
+        if rank == 0 and options.validation_cases and (step % options.validate_every == 0 or step == options.steps):
+            scores = validate(_unwrap(model), config, Path(options.cache_dir), options.validation_cases, autocast)
+            log_file.write(json.dumps({"step": step, "validation": scores}) + "\n")
+            log_file.flush()
+            log.info("step %d validation %s", step, scores)
+            model.train()
+            started = time.time()
+    log_file.close()
+    if distributed:
+        torch.distributed.destroy_process_group()
+    return checkpoint
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def _save_checkpoint(path: Path, model, optimizer, step: int) -> None:
+    import torch
+
+    tmp = path.with_name(".partial-" + path.name)
+    torch.save({"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "step": step}, tmp)
+    os.replace(tmp, path)
+
+
+def validate(model, config: NetworkConfig, cache_dir: Path, names: list[str], autocast) -> dict[str, float]:
+    """Mean Dice per KiTS region (fine) or of the kidney mask (coarse) on held-out cached volumes."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    model.eval()
+    dice: dict[str, list[float]] = {}
+    files = [f for name in names for f in sorted(cache_dir.glob(f"{name}_*.npz"))]
+    with torch.no_grad():
+        for path in files:
+            with np.load(path) as data:
+                image, reference = normalize_ct(data["ct"]), data["labels"]
+            x = torch.zeros((1, config.in_channels, *image.shape))
+            x[0, 0] = torch.from_numpy(image)
+            with autocast:
+                logits = sliding_window_inference(x, (96, 96, 96), 1, model, overlap=0.25, mode="gaussian", padding_mode="constant")
+            prediction = logits.float().argmax(1)[0].numpy()
+            regions = L.HEC_REGIONS if config.out_channels == 4 else {"kidney_and_masses": (1,)}
+            for region, values in regions.items():
+                p, r = np.isin(prediction, values), np.isin(reference, values)
+                if r.any() or p.any():
+                    dice.setdefault(region, []).append(2 * (p & r).sum() / (p.sum() + r.sum()))
+    return {region: round(float(np.mean(values)), 4) for region, values in dice.items()}
+
+
+class ClickRounds:
+    """Simulated user clicks during training: the standard iterative protocol on the current prediction."""
+
+    def __init__(self, options: FitOptions):
+        self.options = options
+
+    def add_clicks(self, model, x, targets: np.ndarray, autocast, rng: np.random.Generator):
+        import torch
+
+        from .clicksim import next_click
+        from .guidance import encode_clicks
+
+        x = x.clone()
+        spacing = (STAGES["fine"].spacing_mm,) * 3
+        clicks: list[list] = [[] for _ in range(x.shape[0])]
+        rounds = int(rng.integers(1, self.options.max_click_rounds + 1))
+        model.eval()
+        for _ in range(rounds):
+            with torch.no_grad(), autocast:
+                prediction = model(x).float().argmax(1).cpu().numpy()
+            for b in range(x.shape[0]):
+                click = next_click(prediction[b], targets[b, 0], labels=(L.TUMOR, L.CYST))
+                if click is None:
+                    continue
+                clicks[b].append(click)
+                image = x[b, 0].cpu().numpy()
+                x[b, 1:3] = torch.from_numpy(encode_clicks(image, clicks[b], spacing, self.options.guidance_method))
+        model.train()
+        return x
+
+
+def train_from_checkpoint(checkpoint: Path, stage: str):
+    """Load a training checkpoint's weights into a fresh network (for bundling)."""
+    import torch
+
+    from .network import build_network
+
+    config = STAGES[stage]
+    module = build_network(config)
+    module.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["model"])
+    return module.eval(), config
+
+
+def bundle(coarse_checkpoint: Path, fine_checkpoint: Path, out_path: Path, card: dict) -> Path:
+    """Write the bundled model file (both stages) and its model card."""
+    from .network import save_model
+
+    networks = {"coarse": train_from_checkpoint(coarse_checkpoint, "coarse"), "fine": train_from_checkpoint(fine_checkpoint, "fine")}
+    return save_model(out_path, networks, card)
