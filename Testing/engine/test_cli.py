@@ -1,0 +1,84 @@
+"""The renalseg command line: help, info, and one-line errors that leave no output behind."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+import phantoms
+from RenalSegLib import cli
+from RenalSegLib import network as N
+from RenalSegLib.training import STAGES
+
+COMMANDS = ("segment", "refine", "export", "synth", "train", "evaluate", "bench", "demo", "info")
+
+
+def test_help_lists_every_command() -> None:
+    result = subprocess.run([sys.executable, "-m", "RenalSegLib.cli", "--help"], capture_output=True, text=True, check=True)
+    for command in COMMANDS:
+        assert f"\n    {command} " in result.stdout, command
+
+
+def test_info_reports_torch_and_devices(capsys) -> None:
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "torch" in out and "auto device" in out and "model:" in out
+
+
+def _bad_inputs(tmp: Path) -> dict[str, tuple[Path, str]]:
+    (tmp / "notes.nii.gz").write_text("not an image")
+    sitk.WriteImage(sitk.GetImageFromArray(np.full((16, 16), -1000, np.int16)), str(tmp / "slice.nii.gz"))
+    mr = sitk.GetImageFromArray(np.random.default_rng(0).integers(0, 900, (8, 16, 16)).astype(np.int16))
+    sitk.WriteImage(mr, str(tmp / "mr.nii.gz"))
+    (tmp / "dicom").mkdir()
+    (tmp / "dicom" / "1.dcm").write_bytes(b"\0" * 132)
+    return {
+        "missing": (tmp / "missing.nii.gz", "no such file"),
+        "not_an_image": (tmp / "notes.nii.gz", "not a readable image"),
+        "2d": (tmp / "slice.nii.gz", "2D"),
+        "mr": (tmp / "mr.nii.gz", "do not look like CT"),
+        "unreadable_dicom": (tmp / "dicom", "no DICOM"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing", "not_an_image", "2d", "mr", "unreadable_dicom"])
+def test_segment_bad_input_prints_one_line_and_writes_nothing(tmp_path: Path, case: str, capsys) -> None:
+    path, message = _bad_inputs(tmp_path)[case]
+    out_dir = tmp_path / "out"
+    code = cli.main(["segment", str(path), "-o", str(out_dir / "labels.nii.gz"), "--stl", str(out_dir / "stl")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == cli.EXIT_USER_ERROR
+    assert len(err) == 1 and message in err[0] and err[0].startswith("renalseg segment: error:")
+    assert not out_dir.exists()
+
+
+def test_cuda_request_without_gpu_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is available here")
+    p = phantoms.kidney_phantom(size=(24, 24, 16), spacing=(6.0, 6.0, 8.0), scale=0.5)
+    sitk.WriteImage(p.ct, str(tmp_path / "ct.nii.gz"))
+    code = cli.main(["segment", str(tmp_path / "ct.nii.gz"), "-o", str(tmp_path / "labels.nii.gz"), "--device", "cuda"])
+    assert code == cli.EXIT_USER_ERROR
+    assert "no usable CUDA GPU" in capsys.readouterr().err
+    assert not (tmp_path / "labels.nii.gz").exists()
+
+
+def test_segment_writes_labels_with_the_ct_geometry(tmp_path: Path) -> None:
+    networks = {}
+    for stage in ("coarse", "fine"):
+        config = N.NetworkConfig.from_dict({**STAGES[stage].__dict__, "filters": (4, 8, 16, 32, 64)})
+        networks[stage] = (N.build_network(config), config)
+    model = N.save_model(tmp_path / "small.pt", networks, {"training_data": "none (untrained)"})
+    p = phantoms.kidney_phantom(size=(40, 36, 24), spacing=(5.0, 5.5, 7.0), direction=phantoms.oblique_direction(15.0), scale=0.8)
+    sitk.WriteImage(p.ct, str(tmp_path / "ct.nrrd"))
+    assert cli.main(["segment", str(tmp_path / "ct.nrrd"), "-o", str(tmp_path / "labels.nii.gz"), "--model", str(model), "--device", "cpu"]) == 0
+    labels = sitk.ReadImage(str(tmp_path / "labels.nii.gz"))
+    assert labels.GetSize() == p.ct.GetSize()
+    np.testing.assert_allclose(labels.GetDirection(), p.ct.GetDirection(), atol=1e-6)
+    np.testing.assert_allclose(labels.GetOrigin(), p.ct.GetOrigin(), atol=1e-4)

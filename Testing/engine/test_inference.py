@@ -1,0 +1,97 @@
+"""Auto segmentation: output geometry, cascade regions, postprocessing, progress and cancel."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+import phantoms
+from RenalSegLib import inference as I
+from RenalSegLib import labels as L
+from RenalSegLib import network as N
+from RenalSegLib.training import STAGES
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory) -> Path:
+    """Untrained small networks with the real stage grids: enough for geometry and plumbing tests."""
+    torch.manual_seed(0)
+    networks = {}
+    for stage in ("coarse", "fine"):
+        config = N.NetworkConfig.from_dict({**STAGES[stage].__dict__, "filters": (4, 8, 16, 32, 64)})
+        networks[stage] = (N.build_network(config), config)
+    return N.save_model(tmp_path_factory.mktemp("model") / "small.pt", networks, {"training_data": "none (untrained)"})
+
+
+@pytest.mark.parametrize("direction", [None, phantoms.oblique_direction(20.0), np.diag([-1.0, 1.0, 1.0])], ids=["axial", "oblique", "flipped"])
+def test_output_has_exactly_the_input_geometry(small_model: Path, direction) -> None:
+    p = phantoms.kidney_phantom(size=(50, 44, 30), spacing=(3.1, 3.3, 4.0), direction=direction, origin=(-7.0, 11.0, 40.0))
+    messages = []
+    out = I.segment(p.ct, model_path=small_model, device="cpu", progress=lambda f, m: messages.append((f, m)))
+    assert out.GetSize() == p.ct.GetSize()
+    assert out.GetSpacing() == p.ct.GetSpacing() and out.GetOrigin() == p.ct.GetOrigin() and out.GetDirection() == p.ct.GetDirection()
+    assert out.GetPixelID() == sitk.sitkUInt8
+    assert messages[-1] == (1.0, "done") and [f for f, _ in messages] == sorted(f for f, _ in messages)
+
+
+def test_cancel_stops_segmentation(small_model: Path) -> None:
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(I.Cancelled):
+        I.segment(phantoms.kidney_phantom(size=(24, 24, 16), spacing=(6.0, 6.0, 8.0)).ct, model_path=small_model, device="cpu", cancel=cancel)
+
+
+class _OracleSegmenter(I.Segmenter):
+    """Stands in for the networks with the phantom's known kidney mask (coarse) and labels (fine)."""
+
+    def __init__(self, phantom: phantoms.Phantom):
+        super().__init__(networks={}, device=torch.device("cpu"))
+        self.phantom = phantom
+
+    def _predict(self, name, image, guidance=None):
+        raise AssertionError("not used")
+
+    def kidney_regions(self, ct):
+        from RenalSegLib.training import kidney_boxes
+
+        return I._merge_overlapping(kidney_boxes(self.phantom.labels, I.KIDNEY_MARGIN_MM))
+
+    def segment_region(self, ct, start, stop):
+        box = tuple(slice(int(a), int(b)) for a, b in zip(reversed(start), reversed(stop)))
+        labels = sitk.GetArrayFromImage(self.phantom.labels)[box]
+        return np.eye(4, dtype=np.float32)[labels].transpose(3, 0, 1, 2)
+
+
+def test_cascade_writes_each_kidney_region_back_in_place() -> None:
+    p = phantoms.kidney_phantom()
+    out = I.segment(p.ct, segmenter=_OracleSegmenter(p))
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(out), sitk.GetArrayViewFromImage(p.labels))
+
+
+def test_postprocess_removes_lesions_away_from_kidneys_and_tiny_specks() -> None:
+    kits = np.zeros((40, 40, 40), np.uint8)
+    kits[5:25, 5:25, 5:25] = L.KIDNEY
+    kits[10:15, 20:30, 10:15] = L.TUMOR  # touches and extends the kidney: kept
+    kits[32:38, 32:38, 32:38] = L.TUMOR  # floating far from any kidney: removed
+    kits[7, 7, 7] = L.CYST  # one-voxel cyst inside the kidney: becomes kidney
+    out = I.postprocess(kits, spacing=(2.0, 2.0, 2.0))
+    assert (out[10:15, 20:30, 10:15] == L.TUMOR).all()
+    assert not out[32:38, 32:38, 32:38].any()
+    assert out[7, 7, 7] == L.KIDNEY
+
+
+def test_kidney_regions_from_a_segmenter_cover_both_kidneys() -> None:
+    p = phantoms.kidney_phantom()
+    regions = _OracleSegmenter(p).kidney_regions(p.ct)
+    kits = sitk.GetArrayViewFromImage(p.labels)
+    covered = np.zeros(kits.shape, bool)
+    for start, stop in regions:
+        covered[tuple(slice(int(a), int(b)) for a, b in zip(reversed(start), reversed(stop)))] = True
+    assert covered[kits > 0].all()
