@@ -1,7 +1,8 @@
 """Preprocessing: HU normalisation and resampling between the CT's grid and the networks' isotropic grids.
 
-Network grids keep the CT's direction matrix (so a crop of the CT is an axis-aligned box in both) and
-only change the spacing; all resampling goes through SimpleITK in physical space.
+Network grids use the CT's own axes, re-ordered into one anatomical orientation (so a crop of the CT
+is an axis-aligned box in both, and the network always sees the same orientation), at isotropic
+spacing; all resampling goes through SimpleITK in physical space.
 """
 
 from __future__ import annotations
@@ -19,26 +20,43 @@ def normalize_ct(hu: np.ndarray) -> np.ndarray:
     return ((np.clip(hu.astype(np.float32, copy=False), HU_MIN, HU_MAX) - HU_CENTER) / HU_SCALE).astype(np.float32)
 
 
-def grid_for_region(image: sitk.Image, start_ijk, stop_ijk, spacing_mm: float, multiple: int = 1) -> sitk.Image:
-    """An empty float image aligned with ``image`` covering index box [start, stop) at isotropic spacing.
+def canonical_axes(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    """The image's axes re-ordered and re-signed to lie closest to L, P, S: (direction 3x3, axis order).
 
-    The grid size is rounded up to a multiple of ``multiple`` (what the network needs), growing
-    symmetrically about the box centre.
+    Networks always see arrays in one anatomical orientation ((k, j, i) = (S, P, L) up to obliquity),
+    whatever order the file stores its axes in (KiTS stores the slice axis first). Column n of the
+    returned direction is image axis ``order[n]``, flipped if needed to point along +L/+P/+S.
+    """
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    order = np.argsort(np.argmax(np.abs(direction), axis=0))  # image axis whose main LPS axis is n
+    if len(set(np.argmax(np.abs(direction), axis=0))) < 3:  # 45-degree ties: keep the file's order
+        order = np.arange(3)
+    columns = direction[:, order]
+    signs = np.sign(np.diag(columns))
+    signs[signs == 0] = 1.0
+    return columns * signs, order
+
+
+def grid_for_region(image: sitk.Image, start_ijk, stop_ijk, spacing_mm: float, multiple: int = 1) -> sitk.Image:
+    """An empty float grid covering index box [start, stop) of ``image`` at isotropic spacing.
+
+    The grid's axes are the image's axes in canonical anatomical order (``canonical_axes``), so a box
+    of the image is a box of the grid. Its size is rounded up to a multiple of ``multiple`` (what the
+    network needs), growing symmetrically about the box centre.
     """
     start = np.asarray(start_ijk, float)
     stop = np.asarray(stop_ijk, float)
-    spacing_in = np.array(image.GetSpacing())
-    extent_mm = (stop - start) * spacing_in
+    direction, order = canonical_axes(image)
+    extent_mm = ((stop - start) * np.array(image.GetSpacing()))[order]
     size = np.maximum(np.ceil(extent_mm / spacing_mm), 1).astype(int)
     size = (np.ceil(size / multiple) * multiple).astype(int)
     # Centre of the index box (voxel centres at integer indices; box edges at start-0.5 and stop-0.5).
     centre_index = (start + stop - 1) / 2.0
     centre = np.array(image.TransformContinuousIndexToPhysicalPoint(centre_index.tolist()))
-    direction = np.array(image.GetDirection()).reshape(3, 3)
     origin = centre - direction @ ((size - 1) / 2.0 * spacing_mm)
     grid = sitk.Image([int(s) for s in size], sitk.sitkFloat32)
     grid.SetSpacing([spacing_mm] * 3)
-    grid.SetDirection(image.GetDirection())
+    grid.SetDirection(direction.flatten().tolist())
     grid.SetOrigin(origin.tolist())
     return grid
 

@@ -68,11 +68,22 @@ def real_case_pairs(root: str | os.PathLike) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def synthetic_case(label_path: Path, seed: int) -> tuple[sitk.Image, sitk.Image]:
-    """A synthetic CT and its labels from one real KiTS label map."""
+def synthetic_case(label_path: Path, seed: int, stage: str) -> tuple[sitk.Image, sitk.Image]:
+    """A synthetic CT and its labels from one real KiTS label map, synthesised directly on the stage's grid.
+
+    For the fine stage only the kidneys' region (plus context) is synthesised: the rest is never used.
+    """
     from .synthesis import synthesize
 
-    result = synthesize(read_labels(label_path), seed=seed)
+    labels = read_labels(label_path)
+    spacing = STAGES[stage].spacing_mm
+    if stage == "fine":
+        boxes = kidney_boxes(labels, FINE_MARGIN_MM + 20.0)
+        if boxes:
+            start = np.min([b[0] for b in boxes], axis=0)
+            stop = np.max([b[1] for b in boxes], axis=0)
+            labels = sitk.RegionOfInterest(labels, [int(v) for v in stop - start], [int(v) for v in start])
+    result = synthesize(labels, seed=seed, spacing=(spacing,) * 3)
     return result.ct, result.labels
 
 
@@ -174,7 +185,7 @@ class CachePatches:
         self.transform = patch_transforms(config, lesion_oversampling=True)
 
     def _files(self) -> list[Path]:
-        return [f for f in sorted(self.cache_dir.glob("*.npz")) if f.name.rsplit("_", 2)[0] not in self.exclude]
+        return [f for f in sorted(self.cache_dir.glob("*.npz")) if f.name.rsplit("_", 1)[0] not in self.exclude]
 
     def __iter__(self) -> Iterator[dict]:
         rng = random.Random(self.seed)
