@@ -27,6 +27,256 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="compute device (default: auto = CUDA, then Apple MPS, then CPU)")
 
 
+# --- segment ---------------------------------------------------------------------------------------
+
+def _add_segment(sub) -> None:
+    p = sub.add_parser("segment", help="auto-segment kidneys, tumors and cysts in a CT")
+    p.add_argument("ct", help="CT: NIfTI/NRRD/MetaImage file or DICOM folder")
+    p.add_argument("-o", "--output", required=True, help="output KiTS label map (.nii.gz, .nrrd, .mha): 1 kidney, 2 tumor, 3 cyst")
+    p.add_argument("--stl", metavar="DIR", help="also write one STL mesh per segment into DIR")
+    p.add_argument("--fast", action="store_true", help="less window overlap: faster, slightly less accurate")
+    p.add_argument("--model", help="model file (default: the bundled model)")
+    _add_device(p)
+
+
+def _tqdm_progress(description: str):
+    """A progress callback (fraction, message) drawing a tqdm bar; returns (callback, close)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=100, desc=description, bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}", leave=False)
+
+    def update(fraction: float, message: str) -> None:
+        bar.n = int(round(100 * fraction))
+        bar.set_postfix_str(message)
+        bar.refresh()
+
+    return update, bar.close
+
+
+def _run_segment(args: argparse.Namespace) -> int:
+    from .device import resolve_device
+    from .inference import segment
+    from .volume import read_volume, write_labels
+
+    output = Path(args.output)
+    resolve_device(args.device)  # a missing GPU is reported before any work
+    ct = read_volume(args.ct)
+    progress, close = _tqdm_progress("segmenting")
+    try:
+        labels = segment(ct, device=args.device, fast=args.fast, model_path=args.model, progress=progress)
+    finally:
+        close()
+    print(f"labels: {write_labels(labels, output, ct)}")
+    if args.stl:
+        from .export import export_meshes
+        from .labels import body_midline_x, segment_map
+
+        for path in export_meshes(segment_map(labels, body_midline_x(ct)), args.stl):
+            print(f"mesh:   {path}")
+    return 0
+
+
+# --- refine ----------------------------------------------------------------------------------------
+
+_CLICK_LABELS = {"tumor": 2, "cyst": 3, "kidney": 1}
+
+
+def _parse_click(text: str) -> tuple[tuple[float, float, float], bool, int]:
+    """'x,y,z[,+|-][,tumor|cyst|kidney]' -> (point, positive, label)."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        point = tuple(float(v) for v in parts[:3])
+    except ValueError:
+        point = ()
+    if len(point) != 3 or len(parts) > 5:
+        raise RenalSegError(f"--click {text!r}: expected x,y,z[,+|-][,tumor|cyst|kidney]")
+    positive, label = True, _CLICK_LABELS["tumor"]
+    for extra in parts[3:]:
+        if extra in ("+", "-"):
+            positive = extra == "+"
+        elif extra in _CLICK_LABELS:
+            label = _CLICK_LABELS[extra]
+        else:
+            raise RenalSegError(f"--click {text!r}: {extra!r} is neither + / - nor tumor / cyst / kidney")
+    return point, positive, label
+
+
+def _add_refine(sub) -> None:
+    p = sub.add_parser("refine", help="refine a label map with positive/negative clicks (scripted click-to-refine)")
+    p.add_argument("ct", help="CT: NIfTI/NRRD/MetaImage file or DICOM folder")
+    p.add_argument("labels", help="current KiTS label map (e.g. from 'renalseg segment')")
+    p.add_argument("--click", action="append", required=True, metavar="x,y,z[,+|-][,tumor|cyst|kidney]",
+                   help="a click in mm (repeatable, applied in order); + adds (default), - removes; class default tumor")
+    p.add_argument("--coords", choices=("RAS", "LPS"), default="RAS", help="coordinate system of the clicks (default RAS, as 3D Slicer shows)")
+    p.add_argument("--lock", action="append", choices=tuple(_CLICK_LABELS), default=[], help="never change this class (repeatable)")
+    p.add_argument("--guidance", choices=("adaptive", "gaussian"), default="adaptive")
+    p.add_argument("-o", "--output", required=True, help="refined KiTS label map")
+    p.add_argument("--model", help="model file (default: the bundled model)")
+    _add_device(p)
+
+
+def _run_refine(args: argparse.Namespace) -> int:
+    from .device import resolve_device
+    from .interactive import RefinementSession
+    from .volume import ras_to_lps, read_labels, read_volume, same_geometry, write_labels
+
+    clicks = [_parse_click(text) for text in args.click]
+    resolve_device(args.device)
+    ct, labels = read_volume(args.ct), read_labels(args.labels)
+    if not same_geometry(ct, labels, tolerance=1e-3):
+        raise RenalSegError(f"{args.labels}: label map geometry differs from the CT's")
+    session = RefinementSession(ct, labels, device=args.device, model_path=args.model,
+                                locked_labels=[_CLICK_LABELS[name] for name in args.lock], guidance=args.guidance)
+    for point, positive, label in clicks:
+        lps = tuple(ras_to_lps(point)) if args.coords == "RAS" else point
+        box = session.add_click(lps, positive, label)
+        print(f"click {'+' if positive else '-'} at {args.coords} {point}: changed region {[(s.start, s.stop) for s in box]} (k, j, i)")
+    print(f"labels: {write_labels(session.labels, args.output, ct)}")
+    return 0
+
+
+# --- train -----------------------------------------------------------------------------------------
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="prepare training data, train a network stage, bundle a model file")
+    steps = p.add_subparsers(dest="train_step", metavar="STEP", required=True)
+    prep = steps.add_parser("prepare", help="cache stage volumes from KiTS23 label maps (+ synthesis) or a real dataset")
+    prep.add_argument("--stage", choices=("coarse", "fine"), required=True)
+    source = prep.add_mutually_exclusive_group(required=True)
+    source.add_argument("--labels", help="folder of KiTS23 label maps (case_*.nii.gz): CT is synthesised")
+    source.add_argument("--real", help="real dataset: KiTS layout (case_*/imaging.nii.gz) or nnU-Net raw (imagesTr/, labelsTr/)")
+    prep.add_argument("--cache", required=True, help="output folder of cached .npz volumes")
+    prep.add_argument("--variants", type=int, default=2, help="synthetic variants per label map (default 2)")
+    prep.add_argument("--seed", type=int, default=0)
+    prep.add_argument("--part", default="1/1", help="K/N: prepare only the K-th of N interleaved parts (run parts in parallel)")
+    fit = steps.add_parser("fit", help="train one stage on a cache (resumes from RUN/last.pt; use torchrun for several GPUs)")
+    fit.add_argument("--stage", choices=("coarse", "fine"), required=True)
+    fit.add_argument("--cache", required=True)
+    fit.add_argument("--run", required=True, help="run folder: checkpoints and log.jsonl")
+    fit.add_argument("--steps", type=int, default=10_000)
+    fit.add_argument("--minutes", type=float, default=0.0, help="training-time budget: the schedule ends after this many minutes (or --steps)")
+    fit.add_argument("--batch-size", type=int, default=2)
+    fit.add_argument("--lr", type=float, default=2e-3)
+    fit.add_argument("--labels", help="KiTS label folder: its validation cases are held out and used for validation")
+    fit.add_argument("--click-rate", type=float, default=0.0, help="fraction of batches with simulated click rounds (fine stage)")
+    fit.add_argument("--guidance", choices=("adaptive", "gaussian"), default="adaptive")
+    fit.add_argument("--validate-every", type=int, default=500)
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--no-bf16", action="store_true", help="train in float32 even where bf16 autocast is available")
+    bundle = steps.add_parser("bundle", help="write a model file (coarse + fine) and its model card")
+    bundle.add_argument("--coarse", required=True, help="coarse run's checkpoint (RUN/last.pt)")
+    bundle.add_argument("--fine", required=True, help="fine run's checkpoint (RUN/last.pt)")
+    bundle.add_argument("--card", required=True, help="JSON file with the model card's text fields")
+    bundle.add_argument("-o", "--output", required=True)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from . import training as T
+
+    if args.train_step == "prepare":
+        index, parts = (int(v) for v in args.part.split("/"))
+        if args.labels:
+            train, validation = T.kits_case_split(args.labels)
+            cases = [
+                (f"{path.name[:-7]}_v{variant}", lambda path=path, seed=args.seed * 1000 + n * 10 + variant: T.synthetic_case(path, seed, args.stage))
+                for n, path in enumerate(validation + train)
+                for variant in range(1 if path in validation else args.variants)
+            ]
+        else:
+            cases = [(ct.parent.name if ct.name == "imaging.nii.gz" else ct.name[:-12], lambda ct=ct, lab=lab: T.real_case(ct, lab)) for ct, lab in T.real_case_pairs(args.real)]
+        written = T.prepare_cache(cases[index - 1 :: parts], args.cache, args.stage)
+        print(f"{len(written)} volumes written to {args.cache}")
+    elif args.train_step == "fit":
+        validation = [f"{p.name[:-7]}_v0" for p in T.kits_case_split(args.labels)[1]] if args.labels else []
+        options = T.FitOptions(
+            stage=args.stage, cache_dir=args.cache, run_dir=args.run, steps=args.steps, time_budget_s=60 * args.minutes, batch_size=args.batch_size, learning_rate=args.lr,
+            validation_cases=validation, click_rate=args.click_rate, guidance_method=args.guidance, validate_every=args.validate_every,
+            seed=args.seed, bf16=not args.no_bf16,
+        )
+        print(f"checkpoint: {T.fit(options)}")
+    else:
+        card = json.loads(Path(args.card).read_text())
+        print(f"model: {T.bundle(Path(args.coarse), Path(args.fine), Path(args.output), card)}")
+    return 0
+
+
+# --- bench -----------------------------------------------------------------------------------------
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="time auto segmentation of a KiTS-size CT (512x512x300) against a full-resolution baseline")
+    p.add_argument("--ct", help="CT to benchmark (default: the bundled sample resampled to 512x512x300 at 0.8x0.8x1.5 mm)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-baseline", action="store_true", help="skip the (slow) full-resolution baseline")
+    p.add_argument("--model", help="model file (default: the bundled model)")
+    _add_device(p)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from . import benchmark
+    from .volume import read_volume
+
+    ct = read_volume(args.ct) if args.ct else benchmark.kits_size_ct(read_volume(sample_ct_path()))
+    result = benchmark.run(ct, repeats=args.repeats, device=args.device, baseline=not args.no_baseline, model_path=args.model)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def sample_ct_path() -> Path:
+    """The bundled sample CT (synthesised from a KiTS23 label map)."""
+    path = Path(__file__).resolve().parents[2] / "Resources" / "SampleData" / "renalseg_sample_ct.nii.gz"
+    if not path.is_file():
+        raise RenalSegError(f"{path}: bundled sample CT not found (reinstall RenalSeg from its source tree)")
+    return path
+
+
+# --- demo ------------------------------------------------------------------------------------------
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="segment the bundled sample CT: labels, STL meshes, measurements and a report")
+    p.add_argument("--out", default="renalseg_demo", help="output folder (default: ./renalseg_demo)")
+    _add_device(p)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    import time
+
+    from .device import resolve_device
+    from .evaluation import evaluate_case
+    from .export import export_all
+    from .inference import segment
+    from .volume import read_labels, read_volume, write_labels
+
+    resolve_device(args.device)
+    ct_path = sample_ct_path()
+    ct = read_volume(ct_path)
+    print(f"sample CT: {ct_path} ({ct.GetSize()[0]}x{ct.GetSize()[1]}x{ct.GetSize()[2]} voxels; synthetic CT from a real KiTS23 label map)")
+    progress, close = _tqdm_progress("segmenting")
+    started = time.perf_counter()
+    try:
+        labels = segment(ct, device=args.device, progress=progress)
+    finally:
+        close()
+    print(f"segmented in {time.perf_counter() - started:.1f} s")
+    out = Path(args.out)
+    written = [write_labels(labels, out / "labels.nii.gz", ct)]
+    progress, close = _tqdm_progress("exporting")
+    try:
+        written += export_all(labels, ct, out, formats=("stl", "3mf", "seg.nrrd", "csv", "json", "report"),
+                              title="RenalSeg demo: synthetic sample CT", progress=progress)
+    finally:
+        close()
+    for path in written:
+        print(f"  {path}")
+    reference_path = ct_path.with_name(ct_path.name.replace("_ct", "_labels"))
+    if reference_path.is_file():
+        import SimpleITK as sitk
+
+        scores = evaluate_case(sitk.GetArrayFromImage(labels), sitk.GetArrayFromImage(read_labels(reference_path)), ct.GetSpacing()[::-1])
+        dice = ", ".join(f"{region} {scores[f'dice_{region}']:.3f}" for region in ("kidney_and_masses", "masses", "tumor") if f"dice_{region}" in scores)
+        print(f"Dice against the sample's reference labels (synthetic CT, not a clinical result): {dice}")
+    return 0
+
+
 # --- info ------------------------------------------------------------------------------------------
 
 def _add_info(sub) -> None:
@@ -53,6 +303,192 @@ def _run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- evaluate --------------------------------------------------------------------------------------
+
+def _add_evaluate(sub) -> None:
+    parser = sub.add_parser(
+        "evaluate",
+        help="KiTS metrics of predicted label maps against references: Dice, surface Dice, lesion detection",
+        description="Pairs files by case name (extension ignored) and prints per-case and mean Dice and surface Dice "
+        "for the KiTS regions (kidney+masses, masses, tumor) and lesion recall, precision and false positives.",
+    )
+    parser.add_argument("pred_dir", metavar="PRED_DIR", type=Path, help="folder of predicted KiTS label maps")
+    parser.add_argument("ref_dir", metavar="REF_DIR", type=Path, help="folder of reference KiTS label maps, same case names")
+    parser.add_argument("--csv", metavar="OUT", type=Path, help="also write the per-case metrics and the means to this CSV file")
+    parser.add_argument("--interactive", metavar="CT_DIR", type=Path,
+                        help="also run the simulated-click protocol (1..10 clicks, NoC@85/90, missed-lesion clicks) starting from "
+                        "PRED_DIR's auto segmentations, with the CTs of the same case names in CT_DIR, for adaptive and gaussian guidance")
+    parser.add_argument("--json", metavar="OUT", type=Path, help="write the interactive results as JSON")
+    parser.add_argument("--model", help="model file for --interactive (default: the bundled model)")
+    _add_device(parser)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_folders, format_table, summarize, write_csv
+
+    if args.interactive:
+        return _run_interactive_evaluation(args)
+    rows = evaluate_folders(args.pred_dir, args.ref_dir)
+    summary = summarize(rows)
+    print(format_table(rows, summary))
+    if args.csv:
+        print(f"metrics: {write_csv(rows, args.csv, summary)}")
+    return 0
+
+
+def _run_interactive_evaluation(args: argparse.Namespace) -> int:
+    import SimpleITK as sitk
+
+    from .evaluation import label_files, format_interactive_table, interactive_evaluation
+    from .inference import Segmenter
+    from .interactive import RefinementSession, click_refiner
+    from .outputs import atomic_path
+    from .volume import read_labels, read_volume
+
+    predictions, references = label_files(args.pred_dir, "prediction"), label_files(args.ref_dir, "reference")
+    cts = {name: path for name, path in label_files(args.interactive, "CT").items()}
+    missing = sorted(name for name in references if name not in predictions or name not in cts)
+    if missing or not references:
+        raise RenalSegError(f"no prediction or CT for case(s) {', '.join(missing) or '(none)'}")
+    segmenter = Segmenter.load(args.model, args.device)
+    cases, sessions = [], {}
+    for name in sorted(references):
+        ct = read_volume(cts[name])
+        sessions[name] = (ct, sitk.GetArrayFromImage(read_labels(predictions[name])))
+        cases.append((name, sitk.GetArrayFromImage(read_labels(references[name])), ct.GetSpacing()[::-1]))
+
+    def make_refine(name: str, method: str):
+        ct, auto = sessions[name]
+        return click_refiner(RefinementSession(ct, auto, segmenter=segmenter, guidance=method))
+
+    result = interactive_evaluation(cases, make_refine, progress=True)
+    print(format_interactive_table(result))
+    if args.json:
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(json.dumps(result, indent=2, default=float))
+        print(f"results: {args.json}")
+    return 0
+
+
+# --- export ----------------------------------------------------------------------------------------
+
+def _add_export(sub) -> None:
+    parser = sub.add_parser(
+        "export",
+        help="surgical-planning outputs from a label map: meshes, .seg.nrrd, NIfTI, DICOM SEG, measurements, RENAL score, report",
+        description="Turns a KiTS label map (0 background, 1 kidney, 2 tumor, 3 cyst; from 'renalseg segment', a user or "
+        "KiTS23) on the CT's grid into per-segment meshes (STL/OBJ, and one coloured 3MF or OBJ+MTL for printing), "
+        "Slicer .seg.nrrd, NIfTI and DICOM SEG files, measurements (CSV/JSON), the RENAL nephrometry score of each tumor "
+        "and a one-page report (PNG, PDF, HTML). Files appear only when every requested output succeeded.",
+    )
+    parser.add_argument("labels", metavar="LABELS", type=Path, help="KiTS label map (NIfTI, NRRD or MHA) on the CT's grid")
+    parser.add_argument("--ct", required=True, type=Path, help="the CT (file or DICOM folder): HU statistics, body midline, geometry")
+    parser.add_argument("--out", required=True, type=Path, help="output folder (created if needed)")
+    parser.add_argument("--format", default="stl,3mf,seg.nrrd,nifti,csv,json,report",
+                        help="comma-separated outputs: stl, obj, 3mf, mtl-obj, seg.nrrd, nifti, dicomseg (needs a DICOM --ct), "
+                        "csv, json, report; or all (default: %(default)s)")
+    parser.add_argument("--coords", choices=("RAS", "LPS"), default="RAS",
+                        help="mesh coordinates: RAS for 3D Slicer, LPS for DICOM tools and printing (default: %(default)s)")
+    parser.add_argument("--smooth", action=argparse.BooleanOptionalAction, default=True, help="smooth the meshes (default: on)")
+    parser.add_argument("--decimate", type=float, default=0.0, metavar="F",
+                        help="fraction of mesh triangles to remove, 0-0.95 (volume kept within 2%%; default: 0)")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from .export import check_inputs, export_all, parse_formats
+    from .volume import dicom_series_files, read_labels, read_volume
+
+    formats = parse_formats(args.format)  # a typo is reported before reading any image
+    ct = read_volume(args.ct)
+    labels = read_labels(args.labels)
+    dicom_files = dicom_series_files(args.ct) if args.ct.is_dir() else None
+    check_inputs(labels, ct)  # a mismatch is reported before the progress bar appears
+    progress, close = _tqdm_progress("exporting")
+    try:
+        written = export_all(labels, ct, args.out, formats, coords=args.coords, smooth=args.smooth, decimate=args.decimate,
+                             dicom_files=dicom_files, title=f"labels: {args.labels.name}   CT: {args.ct.name}", progress=progress)
+    finally:
+        close()
+    for path in written:
+        print(path)
+    return 0
+
+
+# --- synth -----------------------------------------------------------------------------------------
+
+def _add_synth(sub) -> None:
+    p = sub.add_parser("synth", help="synthesise contrast-enhanced CT volumes from KiTS label maps (training/test data)")
+    p.add_argument("--labels", required=True, help="a KiTS label map (.nii.gz) or a folder of them (case_*.nii.gz)")
+    p.add_argument("--out", required=True, help="output folder: NAME_ct.nii.gz, NAME_labels.nii.gz, parameters.jsonl")
+    p.add_argument("--n", type=int, help="number of volumes (default: one per label map; more cycle through the maps)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first volume; volume i uses seed + i (default 0)")
+    p.add_argument("--spacing", type=float, nargs="+", metavar="MM", help="output spacing in mm: one value (isotropic) or three (i j k); default: the label map's own grid")
+    p.add_argument("--phase", choices=("random", "corticomedullary", "nephrographic"), default="random", help="contrast phase (default: random)")
+    p.add_argument("--domain-randomization-rate", type=float, default=0.3, help="share of volumes with random tissue intensities (SynthSeg style; default 0.3)")
+    p.add_argument("--tissues", action="store_true", help="also write the internal tissue map (NAME_tissues.nii.gz)")
+    p.add_argument("--preview", action="store_true", help="write NAME_preview.png (axial, coronal, sagittal through the tumor, W400/L40)")
+    p.add_argument("--report", action="store_true", help="write realism_report.md: synthetic HU per tissue beside published ranges and a real CT")
+    p.add_argument("--real-ct", help="real CT (DICOM folder or file) measured for the realism report")
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .synthesis import SynthesisConfig, synthesize
+    from .volume import read_labels, read_volume, write_labels, write_volume
+
+    source = Path(args.labels)
+    files = sorted(source.glob("*.nii.gz")) if source.is_dir() else [source]
+    if not files or not files[0].is_file():
+        raise RenalSegError(f"{source}: no label maps (.nii.gz) found")
+    spacing = None
+    if args.spacing:
+        if len(args.spacing) not in (1, 3) or min(args.spacing) <= 0:
+            raise RenalSegError("--spacing takes one positive value (isotropic) or three (i j k), in mm")
+        spacing = tuple(args.spacing * 3 if len(args.spacing) == 1 else args.spacing)
+    try:
+        config = SynthesisConfig(phase=args.phase, domain_randomization_rate=args.domain_randomization_rate)
+    except ValueError as exc:
+        raise RenalSegError(str(exc)) from None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    count = args.n if args.n is not None else len(files)
+    statistics = []
+    with open(out / "parameters.jsonl", "a") as log_file:
+        for index in tqdm(range(count), desc="synthesising", unit="volume"):
+            path = files[index % len(files)]
+            seed = args.seed + index
+            name = f"{path.name.split('.')[0]}_s{seed}"
+            result = synthesize(read_labels(path), seed=seed, config=config, spacing=spacing)
+            write_volume(result.ct, out / f"{name}_ct.nii.gz")
+            write_labels(result.labels, out / f"{name}_labels.nii.gz", result.ct)
+            if args.tissues:
+                write_labels(result.tissues, out / f"{name}_tissues.nii.gz", result.ct)
+            if args.preview:
+                from .synthesis_qc import preview
+
+                p = result.parameters
+                title = f"{name} (synthetic): {p['phase']}, tumor {p['tumor_type']}, cyst {p['cyst_type']}" + (", domain-randomised" if p["domain_randomized"] else "")
+                preview(result.ct, result.labels, out / f"{name}_preview.png", title=title)
+            if args.report:
+                from .synthesis_qc import case_statistics
+
+                statistics.append(case_statistics(result))
+            log_file.write(json.dumps(dict(name=name, labels=str(path), **result.parameters)) + "\n")
+    print(f"{count} synthetic volumes in {out}")
+    if args.report:
+        from .synthesis_qc import realism_report, roi_statistics
+
+        real = roi_statistics(read_volume(args.real_ct)) if args.real_ct else None
+        text = realism_report(statistics, real)
+        from .outputs import atomic_path
+
+        with atomic_path(out / "realism_report.md") as tmp:
+            tmp.write_text(text)
+        print(text)
+    return 0
+
+
 # --- the parser ------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_ADDERS = [_add_info]
+_ADDERS = [_add_segment, _add_refine, _add_train, _add_bench, _add_demo, _add_info, _add_evaluate, _add_export, _add_synth]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -219,3 +219,26 @@ def _relabel_clicked_lesion(proposal: np.ndarray, click_kji, label: int) -> np.n
     components, _ = ndimage.label(masses)
     proposal[components == components[index]] = label
     return proposal
+
+
+def click_refiner(session: RefinementSession):
+    """Adapt a session to ``evaluation.click_protocol``'s ``refine(clicks) -> labels`` callable.
+
+    Clicks arrive as ((k, j, i) voxel of the CT, positive) with the whole history each time; only the
+    new ones are applied, and a history that does not extend the previous one starts over from the
+    session's initial labels.
+    """
+    applied: list = []
+
+    def refine(clicks) -> np.ndarray:
+        nonlocal applied
+        clicks = list(clicks)
+        if clicks[: len(applied)] != applied or len(clicks) < len(applied):
+            session.reset()
+            applied = []
+        for kji, positive in clicks[len(applied):]:
+            session.add_click(session.ct.TransformIndexToPhysicalPoint([int(v) for v in reversed(kji)]), positive)
+        applied = clicks
+        return session.labels.copy()
+
+    return refine

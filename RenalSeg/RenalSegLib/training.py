@@ -39,6 +39,7 @@ STAGES = {
 }
 FINE_MARGIN_MM = 40.0  # context kept around the kidneys in fine-stage volumes
 VALIDATION_EVERY = 10  # every 10th KiTS case (sorted by id) is held out for validation
+VALIDATION_VOLUMES = 16  # cached validation volumes scored during training (the full set is evaluated after)
 
 
 # --- case sources ----------------------------------------------------------------------------------
@@ -217,6 +218,7 @@ class FitOptions:
     cache_dir: str = "cache/fine"
     run_dir: str = "runs/fine"
     steps: int = 10_000
+    time_budget_s: float = 0.0  # > 0: also stop (and finish the schedule) after this much training time
     batch_size: int = 2
     learning_rate: float = 2e-3
     weight_decay: float = 1e-5
@@ -246,11 +248,16 @@ def bf16_supported() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def lr_at(step: int, options: FitOptions) -> float:
-    """Linear warm-up then cosine decay to 1% of the peak learning rate."""
+def training_progress(step: int, elapsed_s: float, options: FitOptions) -> float:
+    """Fraction of the run done: by steps, or by training time when a time budget is set (whichever is further)."""
+    by_steps = step / max(1, options.steps)
+    return max(by_steps, elapsed_s / options.time_budget_s) if options.time_budget_s > 0 else by_steps
+
+
+def lr_at(step: int, progress: float, options: FitOptions) -> float:
+    """Linear warm-up over the first steps, then cosine decay over the run's progress to 1% of the peak."""
     if step < options.warmup_steps:
         return options.learning_rate * (step + 1) / options.warmup_steps
-    progress = (step - options.warmup_steps) / max(1, options.steps - options.warmup_steps)
     return options.learning_rate * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
@@ -278,12 +285,12 @@ def fit(options: FitOptions) -> Path:
     run_dir = Path(options.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = run_dir / "last.pt"
-    step = 0
+    step, elapsed = 0, 0.0
     if checkpoint.is_file():
         state = torch.load(checkpoint, map_location=device, weights_only=True)
         _unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        step = int(state["step"])
+        step, elapsed = int(state["step"]), float(state.get("elapsed_s", 0.0))
         log.info("resumed %s at step %d", checkpoint, step)
     use_bf16 = options.bf16 and (device.type == "cuda" or bf16_supported())
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
@@ -295,7 +302,8 @@ def fit(options: FitOptions) -> Path:
     log_file = (run_dir / "log.jsonl").open("a")
     started, losses = time.time(), []
     model.train()
-    while step < options.steps:
+    run_started = time.time() - elapsed
+    while training_progress(step, time.time() - run_started, options) < 1.0:
         images, targets = next(stream)
         if config.in_channels > 1:
             guidance = np.zeros((images.shape[0], config.in_channels - 1, *images.shape[2:]), np.float32)
@@ -304,8 +312,9 @@ def fit(options: FitOptions) -> Path:
         y = torch.from_numpy(targets).to(device)
         if clicker is not None and rng.random() < options.click_rate:
             x = clicker.add_clicks(model, x, targets, autocast, rng)
+        learning_rate = lr_at(step, training_progress(step, time.time() - run_started, options), options)
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, options)
+            group["lr"] = learning_rate
         with autocast:
             logits = model(x)
         loss = loss_fn(logits.float(), y)
@@ -316,14 +325,15 @@ def fit(options: FitOptions) -> Path:
         step += 1
         losses.append(loss.item())
         if rank == 0 and step % 20 == 0:
-            record = {"step": step, "loss": float(np.mean(losses)), "lr": lr_at(step, options), "sec_per_step": (time.time() - started) / len(losses)}
+            record = {"step": step, "loss": float(np.mean(losses)), "lr": learning_rate, "sec_per_step": (time.time() - started) / len(losses)}
             log_file.write(json.dumps(record) + "\n")
             log_file.flush()
             log.info("step %d loss %.4f (%.2f s/step)", step, record["loss"], record["sec_per_step"])
             losses, started = [], time.time()
-        if rank == 0 and (step % options.checkpoint_every == 0 or step == options.steps):
-            _save_checkpoint(checkpoint, model, optimizer, step)
-        if rank == 0 and options.validation_cases and (step % options.validate_every == 0 or step == options.steps):
+        done = training_progress(step, time.time() - run_started, options) >= 1.0
+        if rank == 0 and (step % options.checkpoint_every == 0 or done):
+            _save_checkpoint(checkpoint, model, optimizer, step, time.time() - run_started)
+        if rank == 0 and options.validation_cases and (step % options.validate_every == 0 or done):
             scores = validate(_unwrap(model), config, Path(options.cache_dir), options.validation_cases, autocast)
             log_file.write(json.dumps({"step": step, "validation": scores}) + "\n")
             log_file.flush()
@@ -340,11 +350,11 @@ def _unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
-def _save_checkpoint(path: Path, model, optimizer, step: int) -> None:
+def _save_checkpoint(path: Path, model, optimizer, step: int, elapsed_s: float) -> None:
     import torch
 
     tmp = path.with_name(".partial-" + path.name)
-    torch.save({"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "step": step}, tmp)
+    torch.save({"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "step": step, "elapsed_s": elapsed_s}, tmp)
     os.replace(tmp, path)
 
 
@@ -355,7 +365,7 @@ def validate(model, config: NetworkConfig, cache_dir: Path, names: list[str], au
 
     model.eval()
     dice: dict[str, list[float]] = {}
-    files = [f for name in names for f in sorted(cache_dir.glob(f"{name}_*.npz"))]
+    files = [f for name in names for f in sorted(cache_dir.glob(f"{name}_*.npz"))][:VALIDATION_VOLUMES]
     with torch.no_grad():
         for path in files:
             with np.load(path) as data:

@@ -1,0 +1,393 @@
+"""Evaluation: KiTS Dice and surface Dice per HEC, lesion detection, and the simulated-click protocol.
+
+Metrics follow the KiTS23 evaluation (neheller/kits23): per hierarchical evaluation class (HEC)
+Dice and surface Dice at the KiTS tolerance, 1 when prediction and reference are both empty, 0 when
+only one is. Surface Dice uses MONAI's ``compute_surface_dice`` with sub-voxel surfels, which matches
+DeepMind's ``surface_distance`` used by KiTS (checked to 1e-7 on anisotropic spheres). Lesions are the
+26-connected components of the masses {tumor, cyst}: a reference lesion is found when any predicted
+lesion voxel overlaps it; a predicted lesion that overlaps no reference lesion is a false positive.
+
+The interactive protocol (``click_protocol`` / ``interactive_evaluation``) works with any model: it
+takes a ``refine(clicks) -> prediction`` callable and plays a simulated user (``clicksim``)::
+
+    def make_refine(name, method):  # clicks are ((k, j, i), positive) in the reference's voxels
+        return lambda clicks: my_model_segment(images[name], clicks, guidance=method)
+
+    result = interactive_evaluation([(name, reference, spacing), ...], make_refine)
+    print(format_interactive_table(result))
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from .clicksim import Click, missed_lesion_clicks, next_click
+from .errors import RenalSegError
+from .labels import CYST, HEC_REGIONS, LESION_LABELS, SURFACE_DICE_TOLERANCE_MM, TUMOR, region_mask
+from .outputs import atomic_path
+
+HEC_NAMES = tuple(HEC_REGIONS)
+_FULL = ndimage.generate_binary_structure(3, 3)  # lesion components: 26-connected
+_LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+Refine = Callable[[list[Click]], np.ndarray]  # clicks so far -> KiTS label prediction (k, j, i)
+
+
+# --- per-case metrics ------------------------------------------------------------------------------
+
+def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
+    """Dice of two boolean masks; 1.0 when both are empty (KiTS rule).
+
+    Hand-written rather than MONAI's ``compute_dice``: that needs one-hot float tensors (4 bytes per
+    voxel per class), this counts voxels of the boolean masks directly.
+    """
+    total = np.count_nonzero(prediction) + np.count_nonzero(reference)
+    if total == 0:
+        return 1.0
+    return 2.0 * int(np.count_nonzero(prediction & reference)) / int(total)
+
+
+def surface_dice(prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float], tolerance_mm: float) -> float:
+    """Normalised surface Dice of two boolean masks at ``tolerance_mm``; ``spacing`` in the arrays' axis order, mm.
+
+    Both empty gives 1.0, one empty 0.0 (KiTS rule; MONAI returns NaN and 0 there). Only the bounding
+    box of both masks plus one voxel is handed to MONAI, which gives the same surfels and distances
+    at a fraction of the memory of a full CT.
+    """
+    import torch
+    from monai.metrics import compute_surface_dice
+
+    pred_any, ref_any = bool(prediction.any()), bool(reference.any())
+    if not (pred_any or ref_any):
+        return 1.0
+    if not (pred_any and ref_any):
+        return 0.0
+    box = _padded_box(prediction | reference, 1)
+    masks = np.stack([prediction[box], reference[box]]).astype(np.float32)[:, None]
+    pred_t, ref_t = torch.from_numpy(masks[:1]), torch.from_numpy(masks[1:])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MONAI warns about empty classes; handled above
+        value = compute_surface_dice(
+            pred_t, ref_t, [float(tolerance_mm)], include_background=True,
+            spacing=[float(s) for s in spacing], use_subvoxels=True,
+        )
+    return float(value[0, 0])
+
+
+def _padded_box(mask: np.ndarray, pad: int) -> tuple[slice, ...]:
+    box = ndimage.find_objects(mask.astype(np.uint8))[0]
+    return tuple(slice(max(b.start - pad, 0), min(b.stop + pad, n)) for b, n in zip(box, mask.shape))
+
+
+def lesion_detection(prediction: np.ndarray, reference: np.ndarray, labels: Sequence[int] = LESION_LABELS) -> dict:
+    """Lesion-level detection on KiTS label maps: counts of reference, found, predicted and false-positive lesions.
+
+    Lesions are 26-connected components of ``labels`` (masses by default). Recall is found / reference
+    (NaN without reference lesions), precision is true predicted / predicted (NaN without predictions).
+    """
+    ref_masses, pred_masses = np.isin(reference, labels), np.isin(prediction, labels)
+    if ref_masses.any() or pred_masses.any():
+        # Label only the box holding every lesion: int32 labels of a whole CT would take 4 bytes a voxel.
+        box = _padded_box(ref_masses | pred_masses, 1)
+        ref_masses, pred_masses = ref_masses[box], pred_masses[box]
+    ref_lesions, n_ref = ndimage.label(ref_masses, structure=_FULL)
+    pred_lesions, n_pred = ndimage.label(pred_masses, structure=_FULL)
+    overlap = (ref_lesions > 0) & (pred_lesions > 0)
+    found = np.unique(ref_lesions[overlap]).size
+    true_predicted = np.unique(pred_lesions[overlap]).size
+    return {
+        "lesions_reference": int(n_ref),
+        "lesions_found": int(found),
+        "lesions_predicted": int(n_pred),
+        "false_positive_lesions": int(n_pred - true_predicted),
+        "lesion_recall": found / n_ref if n_ref else math.nan,
+        "lesion_precision": true_predicted / n_pred if n_pred else math.nan,
+    }
+
+
+def evaluate_case(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> dict:
+    """KiTS metrics of one case: ``dice_<hec>``, ``surface_dice_<hec>`` for each HEC, and lesion detection.
+
+    ``pred`` and ``ref`` are KiTS label arrays of one shape; ``spacing`` is in the arrays' axis order
+    ((k, j, i) for SimpleITK arrays), mm.
+    """
+    if pred.shape != ref.shape:
+        raise ValueError(f"prediction shape {pred.shape} != reference shape {ref.shape}")
+    if len(spacing) != pred.ndim:
+        raise ValueError(f"spacing {tuple(spacing)} does not match a {pred.ndim}D array")
+    row: dict = {}
+    for hec in HEC_NAMES:
+        p, r = region_mask(pred, hec), region_mask(ref, hec)
+        row[f"dice_{hec}"] = dice(p, r)
+        row[f"surface_dice_{hec}"] = surface_dice(p, r, spacing, SURFACE_DICE_TOLERANCE_MM[hec])
+    row.update(lesion_detection(pred, ref))
+    return row
+
+
+# --- folders, summary, reports ----------------------------------------------------------------------
+
+def _case_name(path: Path) -> str | None:
+    name = path.name
+    for suffix in _LABEL_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def label_files(folder: Path, role: str) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise RenalSegError(f"{folder}: {role} folder not found")
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        case = _case_name(path)
+        if case is None or not path.is_file() or path.name.startswith("."):
+            continue
+        if case in files:
+            raise RenalSegError(f"{folder}: two {role} files for case {case!r} ({files[case].name}, {path.name})")
+        files[case] = path
+    if not files:
+        raise RenalSegError(f"{folder}: no label maps ({', '.join(_LABEL_SUFFIXES)}) in the {role} folder")
+    return files
+
+
+def _kits_array(image, path: Path) -> np.ndarray:
+    import SimpleITK as sitk
+
+    values = sitk.GetArrayFromImage(image)
+    if values.max() > CYST:
+        raise RenalSegError(f"{path}: label {int(values.max())} found; expected a KiTS label map (0 background, 1 kidney, 2 tumor, 3 cyst)")
+    return values
+
+
+def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, progress: bool = True) -> list[dict]:
+    """Evaluate every prediction in ``pred_dir`` against the reference of the same case name in ``ref_dir``.
+
+    Files pair by name without extension (``case_00001.nii.gz`` with ``case_00001.nrrd``). A case
+    present in only one folder, or a pair whose geometries differ, raises ``RenalSegError``. Returns
+    one row per case (``case`` first, then ``evaluate_case``'s keys), sorted by case name.
+    """
+    from .volume import read_labels, same_geometry
+
+    pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
+    predictions, references = label_files(pred_dir, "prediction"), label_files(ref_dir, "reference")
+    for missing, have, folder in ((set(references) - set(predictions), "reference", pred_dir), (set(predictions) - set(references), "prediction", ref_dir)):
+        if missing:
+            names = ", ".join(sorted(missing)[:5]) + (" ..." if len(missing) > 5 else "")
+            raise RenalSegError(f"{folder}: no file for {len(missing)} {have} case(s): {names}")
+    cases = sorted(references)
+    rows = []
+    for case in _progress(cases, progress, "evaluate"):
+        pred_image, ref_image = read_labels(predictions[case]), read_labels(references[case])
+        if not same_geometry(pred_image, ref_image):
+            raise RenalSegError(
+                f"{predictions[case]}: geometry (size {pred_image.GetSize()}, spacing {tuple(round(s, 4) for s in pred_image.GetSpacing())}) "
+                f"differs from the reference {references[case].name} (size {ref_image.GetSize()}, spacing "
+                f"{tuple(round(s, 4) for s in ref_image.GetSpacing())}) or their origins/directions differ"
+            )
+        spacing = tuple(reversed(ref_image.GetSpacing()))  # SimpleITK arrays are (k, j, i)
+        row = {"case": case}
+        row.update(evaluate_case(_kits_array(pred_image, predictions[case]), _kits_array(ref_image, references[case]), spacing))
+        rows.append(row)
+    return rows
+
+
+def _progress(items, enabled: bool, description: str):
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=description, unit="case")
+
+
+def summarize(rows: Sequence[dict]) -> dict:
+    """Mean Dice and surface Dice per HEC over cases, and pooled lesion detection.
+
+    Lesion recall and precision are pooled over all lesions of all cases (a case with many lesions
+    weighs more), and false positives are counted per case.
+    """
+    if not rows:
+        raise RenalSegError("no cases to summarize")
+    summary: dict = {"cases": len(rows)}
+    for hec in HEC_NAMES:
+        for metric in ("dice", "surface_dice"):
+            summary[f"{metric}_{hec}"] = float(np.mean([row[f"{metric}_{hec}"] for row in rows]))
+    totals = {key: int(sum(row[key] for row in rows)) for key in ("lesions_reference", "lesions_found", "lesions_predicted", "false_positive_lesions")}
+    summary.update(totals)
+    true_predicted = totals["lesions_predicted"] - totals["false_positive_lesions"]
+    summary["lesion_recall"] = totals["lesions_found"] / totals["lesions_reference"] if totals["lesions_reference"] else math.nan
+    summary["lesion_precision"] = true_predicted / totals["lesions_predicted"] if totals["lesions_predicted"] else math.nan
+    summary["false_positives_per_case"] = totals["false_positive_lesions"] / len(rows)
+    return summary
+
+
+_TABLE_COLUMNS = (
+    [(f"dice_{hec}", f"Dice {short}") for hec, short in zip(HEC_NAMES, ("kid+mass", "masses", "tumor"))]
+    + [(f"surface_dice_{hec}", f"SD {short}") for hec, short in zip(HEC_NAMES, ("kid+mass", "masses", "tumor"))]
+    + [("lesion_recall", "recall"), ("lesion_precision", "precision"), ("false_positive_lesions", "FP")]
+)
+
+
+def format_table(rows: Sequence[dict], summary: dict | None = None) -> str:
+    """A plain-text table: one line per case and a final line of means (pooled lesion figures)."""
+    summary = summarize(rows) if summary is None else summary
+    width = max([len("mean")] + [len(str(row["case"])) for row in rows])
+    header = f"{'case':{width}s} " + " ".join(f"{title:>12s}" for _, title in _TABLE_COLUMNS)
+    lines = [header, "-" * len(header)]
+    mean = dict(summary, case="mean", false_positive_lesions=summary["false_positives_per_case"])
+    for row in [*rows, mean]:
+        cells = []
+        for key, _ in _TABLE_COLUMNS:
+            value = row[key]
+            cells.append(f"{value:12d}" if isinstance(value, int) else f"{value:12.4f}")
+        if row is mean:
+            lines.append("-" * len(header))
+        lines.append(f"{str(row['case']):{width}s} " + " ".join(cells))
+    return "\n".join(lines)
+
+
+def write_csv(rows: Sequence[dict], path: str | os.PathLike, summary: dict | None = None) -> Path:
+    """Write the per-case rows and a final ``mean`` row (see ``summarize``) as CSV, atomically."""
+    summary = summarize(rows) if summary is None else summary
+    fields = list(rows[0])
+    mean = {key: summary.get(key, "") for key in fields}
+    mean["case"] = "mean"
+    mean["false_positive_lesions"] = summary["false_positives_per_case"]
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as stream:
+            writer = csv.DictWriter(stream, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+            writer.writerow(mean)
+    return path
+
+
+# --- interactive protocol ---------------------------------------------------------------------------
+
+NOC_THRESHOLDS = (0.85, 0.90)
+NOC_CAP = 20  # clicks; a case that never reaches the threshold counts as NOC_CAP (the usual convention)
+
+
+def click_protocol(
+    reference: np.ndarray,
+    spacing: Sequence[float],
+    refine: Refine,
+    max_clicks: int = 10,
+    noc_cap: int = NOC_CAP,
+    target: Sequence[int] = (TUMOR,),
+) -> dict:
+    """Play one simulated user on one case with one model and guidance encoding.
+
+    Click 0 is auto mode (``refine([])``). Each further click goes to the centre of the largest error
+    region of the ``target`` class (``clicksim.next_click``), and ``refine`` gets the whole click
+    history. Returns ``dice`` (per HEC, Dice after 0..max_clicks clicks), ``noc85``/``noc90`` (the
+    fewest clicks, 0..noc_cap, giving tumor Dice >= 0.85 / 0.90; ``noc_cap`` when never reached;
+    None when the reference has no tumor), and the lesion false negatives of auto mode versus after
+    one click per missed lesion (a fresh session with only those clicks).
+    """
+    has_tumor = bool(np.any(reference == TUMOR))
+    clicks: list[Click] = []
+    prediction = refine([])
+    if prediction.shape != reference.shape:
+        raise ValueError(f"refine returned shape {prediction.shape}, the reference has {reference.shape}")
+    auto = prediction
+    curves = {hec: [dice(region_mask(prediction, hec), region_mask(reference, hec))] for hec in HEC_NAMES}
+    tumor = [curves["tumor"][0]]
+    settled = False  # the target class is exact: further clicks change nothing
+    last_needed = max(max_clicks, noc_cap if has_tumor else 0)
+    for k in range(1, last_needed + 1):
+        if k > max_clicks and tumor[-1] >= max(NOC_THRESHOLDS):
+            break
+        if not settled:
+            click = next_click(prediction, reference, labels=target, spacing=spacing)
+            if click is None:
+                settled = True
+            else:
+                clicks.append(click)
+                prediction = refine(list(clicks))
+        tumor.append(dice(prediction == TUMOR, reference == TUMOR))
+        if k <= max_clicks:
+            for hec in HEC_NAMES:
+                curves[hec].append(dice(region_mask(prediction, hec), region_mask(reference, hec)))
+
+    result: dict = {"dice": curves, "clicks": clicks[:max_clicks]}
+    for threshold in NOC_THRESHOLDS:
+        reached = [k for k, value in enumerate(tumor) if value >= threshold]
+        result[f"noc{round(threshold * 100)}"] = (reached[0] if reached else noc_cap) if has_tumor else None
+
+    missed = missed_lesion_clicks(auto, reference, spacing)
+    after = refine(list(missed)) if missed else auto
+    result["lesions"] = lesion_detection(auto, reference)["lesions_reference"]
+    result["lesions_missed_auto"] = len(missed)
+    result["lesions_missed_after_clicks"] = len(missed_lesion_clicks(after, reference, spacing))
+    return result
+
+
+def interactive_evaluation(
+    cases: Sequence[tuple[str, np.ndarray, Sequence[float]]],
+    make_refine: Callable[[str, str], Refine],
+    methods: Sequence[str] = ("adaptive", "gaussian"),
+    max_clicks: int = 10,
+    noc_cap: int = NOC_CAP,
+    target: Sequence[int] = (TUMOR,),
+    progress: bool = False,
+) -> dict:
+    """Run ``click_protocol`` on every case for every guidance method and aggregate, methods side by side.
+
+    ``cases`` holds ``(name, reference KiTS labels, spacing)``; ``make_refine(name, method)`` returns
+    the refine callable of that case with that guidance encoding. Per method: mean Dice per HEC
+    after each click, mean NoC@85 / NoC@90 over cases with a tumor, the area under the tumor
+    Dice-per-click curve (mean over clicks 0..max_clicks), and the pooled lesion false-negative rate
+    of auto mode and after one click per missed lesion.
+    """
+    result: dict = {"max_clicks": max_clicks, "noc_cap": noc_cap, "target": list(target), "methods": {}}
+    for method in methods:
+        per_case = {}
+        for name, reference, spacing in _progress(cases, progress, f"clicks ({method})"):
+            per_case[name] = click_protocol(reference, spacing, make_refine(name, method), max_clicks, noc_cap, target)
+        runs = list(per_case.values())
+        lesions = sum(run["lesions"] for run in runs)
+        summary: dict = {
+            "dice": {hec: np.mean([run["dice"][hec] for run in runs], axis=0).round(4).tolist() for hec in HEC_NAMES},
+            "tumor_cases": sum(run["noc85"] is not None for run in runs),
+            "lesions": lesions,
+            "lesion_fn_rate_auto": sum(run["lesions_missed_auto"] for run in runs) / lesions if lesions else math.nan,
+            "lesion_fn_rate_after_clicks": sum(run["lesions_missed_after_clicks"] for run in runs) / lesions if lesions else math.nan,
+            "cases": per_case,
+        }
+        summary["tumor_dice_auc"] = float(np.mean(summary["dice"]["tumor"]))
+        for key in ("noc85", "noc90"):
+            values = [run[key] for run in runs if run[key] is not None]
+            summary[key] = float(np.mean(values)) if values else math.nan
+        result["methods"][method] = summary
+    return result
+
+
+def format_interactive_table(result: dict) -> str:
+    """Plain-text comparison of the guidance methods: Dice per HEC after each click, NoC and lesion misses."""
+    methods = list(result["methods"])
+    columns = [(method, hec) for hec in HEC_NAMES for method in methods]
+    short = {"kidney_and_masses": "kid+mass", "masses": "masses", "tumor": "tumor"}
+    header = f"{'clicks':>6s} " + " ".join(f"{short[hec] + ' ' + method[:5]:>15s}" for method, hec in columns)
+    lines = [header, "-" * len(header)]
+    for k in range(result["max_clicks"] + 1):
+        cells = " ".join(f"{result['methods'][method]['dice'][hec][k]:15.4f}" for method, hec in columns)
+        lines.append(f"{k:6d} {cells}")
+    lines.append("-" * len(header))
+    lines.append(f"{'':22s}" + "".join(f"{method:>15s}" for method in methods))
+    for key, title in (
+        ("noc85", f"NoC@85 (cap {result['noc_cap']})"),
+        ("noc90", f"NoC@90 (cap {result['noc_cap']})"),
+        ("tumor_dice_auc", "tumor Dice AUC"),
+        ("lesion_fn_rate_auto", "lesion FN rate, auto"),
+        ("lesion_fn_rate_after_clicks", "lesion FN, 1 click/miss"),
+    ):
+        lines.append(f"{title:22s}" + "".join(f"{result['methods'][method][key]:15.3f}" for method in methods))
+    return "\n".join(lines)

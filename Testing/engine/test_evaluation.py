@@ -1,0 +1,250 @@
+"""Evaluation: KiTS Dice / surface Dice on hand-computed cases, lesion detection, folders, CLI, click protocol."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from RenalSegLib import evaluation
+from RenalSegLib.cli import main
+from RenalSegLib.errors import RenalSegError
+from RenalSegLib.guidance import encode_clicks
+from RenalSegLib.labels import CYST, KIDNEY, TUMOR
+from RenalSegLib.preprocess import normalize_ct
+
+
+def sphere(shape, center, radius_mm, spacing) -> np.ndarray:
+    grid = np.indices(shape, dtype=float)
+    return sum(((grid[a] - center[a]) * spacing[a]) ** 2 for a in range(3)) <= radius_mm**2
+
+
+def test_two_cubes_with_known_overlap_give_hand_computed_dice():
+    ref = np.zeros((20, 20, 20), np.uint8)
+    pred = np.zeros_like(ref)
+    ref[2:12, 2:12, 2:12] = TUMOR
+    pred[2:12, 2:12, 4:14] = TUMOR  # shifted 2 voxels along i: overlap 10 x 10 x 8 = 800 of 1000 + 1000
+    row = evaluation.evaluate_case(pred, ref, (1.0, 1.0, 1.0))
+    for hec in evaluation.HEC_NAMES:
+        assert row[f"dice_{hec}"] == pytest.approx(0.8)
+
+
+def test_hec_regions_nest_kidney_masses_and_tumor():
+    ref = np.zeros((20, 20, 20), np.uint8)
+    ref[2:18, 2:18, 2:18] = KIDNEY
+    ref[5:10, 5:10, 5:10] = TUMOR
+    pred = ref.copy()
+    pred[pred == TUMOR] = CYST  # right mass, wrong kind
+    row = evaluation.evaluate_case(pred, ref, (1.0, 1.0, 1.0))
+    assert row["dice_kidney_and_masses"] == 1.0 and row["dice_masses"] == 1.0
+    assert row["dice_tumor"] == 0.0 and row["surface_dice_tumor"] == 0.0
+
+
+def test_surface_dice_is_one_for_a_shift_within_tolerance_and_honours_anisotropic_spacing():
+    spacing = (3.0, 1.0, 1.0)  # (k, j, i) mm
+    ref = sphere((16, 32, 32), (8, 16, 16), 9.0, spacing)
+    shifted_in_i = sphere((16, 32, 32), (8, 16, 17), 9.0, spacing)  # 1 mm: within every KiTS tolerance
+    shifted_in_k = sphere((16, 32, 32), (9, 16, 16), 9.0, spacing)  # 3 mm: beyond them
+    near = evaluation.evaluate_case(shifted_in_i.astype(np.uint8) * TUMOR, ref.astype(np.uint8) * TUMOR, spacing)
+    far = evaluation.evaluate_case(shifted_in_k.astype(np.uint8) * TUMOR, ref.astype(np.uint8) * TUMOR, spacing)
+    for hec in evaluation.HEC_NAMES:
+        assert near[f"surface_dice_{hec}"] == pytest.approx(1.0)
+        # Dice from voxel counts: 742 shared voxels of 995 in each sphere.
+        assert far[f"dice_{hec}"] == pytest.approx(2 * 742 / (995 + 995))
+        # Value of DeepMind's surface_distance (the KiTS implementation) on the same masks.
+        assert far[f"surface_dice_{hec}"] == pytest.approx(0.6903075, abs=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # MONAI's own internal deprecation notice
+def test_surface_dice_on_a_bounding_box_crop_equals_monai_on_the_whole_volume():
+    import torch
+    from monai.metrics import compute_surface_dice
+
+    spacing = (2.0, 0.8, 0.8)
+    shape = (24, 48, 48)
+    ref = sphere(shape, (10, 20, 22), 8.0, spacing)
+    pred = sphere(shape, (11, 22, 21), 7.0, spacing)
+    whole = compute_surface_dice(
+        torch.from_numpy(pred[None, None].astype(np.float32)), torch.from_numpy(ref[None, None].astype(np.float32)),
+        [1.15], include_background=True, spacing=list(spacing), use_subvoxels=True,
+    )
+    assert evaluation.surface_dice(pred, ref, spacing, 1.15) == pytest.approx(float(whole[0, 0]), abs=1e-6)
+
+
+def test_empty_prediction_and_empty_reference_score_one_and_one_sided_empty_scores_zero():
+    empty = np.zeros((8, 8, 8), np.uint8)
+    row = evaluation.evaluate_case(empty, empty, (1.0, 1.0, 1.0))
+    for hec in evaluation.HEC_NAMES:
+        assert row[f"dice_{hec}"] == 1.0 and row[f"surface_dice_{hec}"] == 1.0
+    assert row["lesions_reference"] == 0 and row["false_positive_lesions"] == 0 and math.isnan(row["lesion_recall"])
+    only_reference = empty.copy()
+    only_reference[2:5, 2:5, 2:5] = TUMOR
+    row = evaluation.evaluate_case(empty, only_reference, (1.0, 1.0, 1.0))
+    assert row["dice_tumor"] == 0.0 and row["surface_dice_tumor"] == 0.0 and row["dice_kidney_and_masses"] == 0.0
+
+
+def test_a_missed_lesion_and_a_false_positive_lesion_are_counted():
+    ref = np.zeros((30, 30, 30), np.uint8)
+    ref[5:25, 5:25, 5:25] = KIDNEY
+    ref[6:10, 6:10, 6:10] = TUMOR  # found
+    ref[18:22, 18:22, 18:22] = CYST  # missed
+    pred = np.zeros_like(ref)
+    pred[5:25, 5:25, 5:25] = KIDNEY
+    pred[8:11, 8:11, 8:11] = CYST  # overlaps the tumor: a mass found (kind does not matter for detection)
+    pred[12:14, 20:23, 6:8] = TUMOR  # overlaps no reference lesion: false positive
+    row = evaluation.evaluate_case(pred, ref, (1.0, 1.0, 1.0))
+    assert (row["lesions_reference"], row["lesions_found"], row["lesions_predicted"], row["false_positive_lesions"]) == (2, 1, 2, 1)
+    assert row["lesion_recall"] == 0.5 and row["lesion_precision"] == 0.5
+    summary = evaluation.summarize([dict(row, case="a"), dict(evaluation.evaluate_case(ref, ref, (1.0, 1.0, 1.0)), case="b")])
+    assert summary["lesion_recall"] == pytest.approx(3 / 4)  # pooled over both cases' lesions
+    assert summary["lesion_precision"] == pytest.approx(3 / 4)
+    assert summary["false_positives_per_case"] == pytest.approx(0.5)
+    assert summary["dice_kidney_and_masses"] == pytest.approx((row["dice_kidney_and_masses"] + 1.0) / 2)
+
+
+def _write(array: np.ndarray, path, spacing=(2.0, 2.0, 3.0)):
+    image = sitk.GetImageFromArray(array.astype(np.uint8))
+    image.SetSpacing(spacing)
+    sitk.WriteImage(image, str(path))
+
+
+@pytest.fixture
+def folders(tmp_path):
+    pred_dir, ref_dir = tmp_path / "pred", tmp_path / "ref"
+    pred_dir.mkdir()
+    ref_dir.mkdir()
+    ref = np.zeros((12, 16, 16), np.uint8)
+    ref[2:10, 3:13, 3:13] = KIDNEY
+    ref[4:7, 5:9, 5:9] = TUMOR
+    pred = ref.copy()
+    pred[4:7, 5:9, 5:7] = KIDNEY  # half of the tumor missed
+    _write(ref, ref_dir / "case_00001.nii.gz")
+    _write(pred, pred_dir / "case_00001.nrrd")  # pairs by name, whatever the format
+    _write(ref, ref_dir / "case_00000.nii.gz")
+    _write(ref, pred_dir / "case_00000.nii.gz")
+    return pred_dir, ref_dir
+
+
+def test_folders_pair_files_by_case_name_and_read_spacing_from_the_reference(folders):
+    pred_dir, ref_dir = folders
+    rows = evaluation.evaluate_folders(pred_dir, ref_dir, progress=False)
+    assert [row["case"] for row in rows] == ["case_00000", "case_00001"]
+    assert rows[0]["dice_tumor"] == 1.0
+    assert rows[1]["dice_tumor"] == pytest.approx(2 * 24 / (24 + 48))
+    assert rows[1]["dice_kidney_and_masses"] == 1.0
+
+
+def test_a_missing_pair_is_a_clear_error(folders):
+    pred_dir, ref_dir = folders
+    (pred_dir / "case_00000.nii.gz").unlink()
+    with pytest.raises(RenalSegError, match="case_00000"):
+        evaluation.evaluate_folders(pred_dir, ref_dir, progress=False)
+
+
+def test_different_geometries_are_a_clear_error(folders):
+    pred_dir, ref_dir = folders
+    _write(np.zeros((12, 16, 16), np.uint8), pred_dir / "case_00000.nii.gz", spacing=(1.0, 1.0, 3.0))
+    with pytest.raises(RenalSegError, match="geometry"):
+        evaluation.evaluate_folders(pred_dir, ref_dir, progress=False)
+
+
+def test_a_segment_map_instead_of_kits_labels_is_a_clear_error(folders):
+    pred_dir, ref_dir = folders
+    wrong = np.zeros((12, 16, 16), np.uint8)
+    wrong[2:5, 2:5, 2:5] = 4  # "Renal cyst" segment value
+    _write(wrong, pred_dir / "case_00000.nii.gz")
+    with pytest.raises(RenalSegError, match="KiTS label map"):
+        evaluation.evaluate_folders(pred_dir, ref_dir, progress=False)
+
+
+def test_cli_prints_the_table_and_writes_the_csv(folders, tmp_path, capsys):
+    pred_dir, ref_dir = folders
+    out = tmp_path / "metrics.csv"
+    assert main(["evaluate", str(pred_dir), str(ref_dir), "--csv", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "case_00001" in printed and "mean" in printed
+    with open(out) as stream:
+        rows = list(csv.DictReader(stream))
+    assert [row["case"] for row in rows] == ["case_00000", "case_00001", "mean"]
+    assert float(rows[2]["dice_tumor"]) == pytest.approx((1.0 + 2 * 24 / 72) / 2)
+
+
+def test_cli_reports_a_missing_pair_with_exit_code_2(folders, capsys):
+    pred_dir, ref_dir = folders
+    (ref_dir / "case_00001.nii.gz").unlink()
+    assert main(["evaluate", str(pred_dir), str(ref_dir)]) == 2
+    assert "case_00001" in capsys.readouterr().err
+
+
+# --- interactive protocol ---------------------------------------------------------------------------
+
+def two_lesion_case():
+    """Kidney with a tumor sphere and a cyst sphere; auto mode finds the cyst and misses the tumor."""
+    spacing = (2.0, 2.0, 2.0)
+    shape = (24, 32, 32)
+    reference = np.zeros(shape, np.uint8)
+    reference[sphere(shape, (12, 16, 16), 24.0, spacing)] = KIDNEY
+    tumor = sphere(shape, (12, 16, 10), 8.0, spacing)
+    reference[tumor] = TUMOR
+    reference[sphere(shape, (12, 16, 23), 5.0, spacing)] = CYST
+    auto = reference.copy()
+    auto[tumor] = KIDNEY
+    return reference, auto, tumor, spacing
+
+
+def test_click_protocol_counts_clicks_to_threshold_and_lesion_misses_exactly():
+    reference, auto, tumor, spacing = two_lesion_case()
+    calls = []
+
+    def oracle(clicks):  # a stand-in model that gets the tumor right from the third click on
+        calls.append(list(clicks))
+        return reference.copy() if len(clicks) >= 3 else auto.copy()
+
+    run = evaluation.click_protocol(reference, spacing, oracle, max_clicks=10)
+    assert run["dice"]["tumor"] == [0.0, 0.0, 0.0] + [1.0] * 8
+    assert run["noc85"] == 3 and run["noc90"] == 3
+    assert all(positive and tumor[index] for index, positive in calls[1])  # clicks land inside the missed tumor
+    assert (run["lesions"], run["lesions_missed_auto"], run["lesions_missed_after_clicks"]) == (2, 1, 1)
+    # auto + 3 clicks (after which the tumor is exact and no click is left to place) + the missed-lesion session
+    assert len(calls) == 5
+
+
+def test_click_protocol_caps_noc_when_the_threshold_is_never_reached():
+    reference, auto, _, spacing = two_lesion_case()
+    calls = []
+
+    def stubborn(clicks):
+        calls.append(len(clicks))
+        return auto.copy()
+
+    run = evaluation.click_protocol(reference, spacing, stubborn, max_clicks=4, noc_cap=7)
+    assert run["noc85"] == 7 and run["noc90"] == 7
+    assert len(run["dice"]["tumor"]) == 5
+    assert calls == [0, 1, 2, 3, 4, 5, 6, 7, 1]  # clicks go on to the cap, then the missed-lesion session
+
+
+def test_interactive_evaluation_reports_both_guidance_methods_side_by_side():
+    reference, auto, _, spacing = two_lesion_case()
+    hu = np.where(reference == TUMOR, 40.0, np.where(reference > 0, 220.0, -80.0)).astype(np.float32)
+    image = normalize_ct(hu)
+
+    def make_refine(name, method):
+        def refine(clicks):  # stand-in model: thresholds the guidance the clicks produce
+            prediction = auto.copy()
+            guidance = encode_clicks(image, clicks, spacing, method)
+            prediction[guidance[0] > 0.5] = TUMOR
+            prediction[(guidance[1] > 0.5) & (prediction == TUMOR)] = KIDNEY
+            return prediction
+
+        return refine
+
+    result = evaluation.interactive_evaluation([("case", reference, spacing)], make_refine, max_clicks=3, noc_cap=5)
+    adaptive, gaussian = result["methods"]["adaptive"], result["methods"]["gaussian"]
+    assert len(adaptive["dice"]["tumor"]) == 4 and adaptive["dice"]["tumor"][0] == 0.0
+    assert adaptive["dice"]["tumor"][1] > gaussian["dice"]["tumor"][1]  # the adaptive mask fills the lesion
+    assert adaptive["lesion_fn_rate_auto"] == 0.5 and adaptive["lesion_fn_rate_after_clicks"] == 0.0
+    table = evaluation.format_interactive_table(result)
+    assert "NoC@90" in table and "adaptive" in table and "gaussian" in table
