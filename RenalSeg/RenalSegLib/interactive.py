@@ -73,7 +73,7 @@ class RefinementSession:
         # The preprocessed CT on the fine network's grid, computed once: a click costs one crop forward pass.
         _, config = self.segmenter.networks["fine"]
         self._grid = grid_for_image(ct, config.spacing_mm)
-        self._image = normalize_ct(sitk.GetArrayViewFromImage(resample_onto(ct, self._grid, sitk.sitkLinear, -1024.0)))
+        self._image = normalize_ct(sitk.GetArrayFromImage(resample_onto(ct, self._grid, sitk.sitkLinear, -1024.0)))
 
     # -- public API ---------------------------------------------------------------------------------
 

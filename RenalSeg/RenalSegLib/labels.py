@@ -42,6 +42,10 @@ class Code:
 
 
 NO_CODE = Code("", "", "")
+# Terminology contexts of the segments (RenalSeg's own context file, RenalSeg/Resources/RenalSeg.term.json,
+# is generated from SEGMENTS and loaded into Slicer's Terminologies module).
+TERMINOLOGY_CONTEXT = "Segmentation category and type - RenalSeg"
+ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 _ANATOMY = Code("SCT", "123037004", "Anatomical Structure")
 _ALTERED = Code("SCT", "49755003", "Morphologically Altered Structure")
 _KIDNEY = Code("SCT", "64033007", "Kidney")
@@ -68,11 +72,11 @@ class Segment:
         """The segment's terminology entry in 3D Slicer's ``~``-separated tag format."""
         return "~".join(
             [
-                "Segmentation category and type - 3D Slicer General Anatomy list",
+                TERMINOLOGY_CONTEXT,
                 self.category.slicer(),
                 self.type.slicer(),
                 self.type_modifier.slicer(),
-                "Anatomic codes - DICOM master list",
+                ANATOMIC_CONTEXT,
                 self.region.slicer(),
                 NO_CODE.slicer(),
             ]

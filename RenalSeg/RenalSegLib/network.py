@@ -25,7 +25,8 @@ from .errors import RenalSegError
 # Input channels of the fine network.
 CT_CHANNEL, POSITIVE_CHANNEL, NEGATIVE_CHANNEL = 0, 1, 2
 FINE_IN_CHANNELS = 3
-MODELS_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Models"
+# The bundled weights: Resources/Models of the source tree, or beside RenalSegLib in an installed extension.
+MODEL_DIRS = (Path(__file__).resolve().parents[2] / "Resources" / "Models", Path(__file__).resolve().parents[1] / "Resources" / "Models")
 DEFAULT_MODEL_NAME = "renalseg_v1.pt"
 
 
@@ -157,7 +158,8 @@ def read_model_card(model_path: str | os.PathLike) -> dict:
 def default_model_path() -> Path:
     """The bundled model, or the file named by the RENALSEG_MODEL environment variable."""
     override = os.environ.get("RENALSEG_MODEL")
-    path = Path(override) if override else MODELS_DIR / DEFAULT_MODEL_NAME
+    candidates = [Path(override)] if override else [folder / DEFAULT_MODEL_NAME for folder in MODEL_DIRS]
+    path = next((c for c in candidates if c.is_file()), candidates[0])
     if not path.is_file():
         raise RenalSegError(f"{path}: model file not found (set RENALSEG_MODEL or reinstall RenalSeg)")
     return path

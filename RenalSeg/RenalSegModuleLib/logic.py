@@ -1,0 +1,224 @@
+"""RenalSeg module logic: a CT volume node in, named kidney/tumor/cyst segments, a results table and STL files out.
+
+Works without any widget (``process`` is the headless entry point) and receives the segmentation
+engine through its constructor, so tests and the Python console can pass a stand-in. Usage from
+Slicer's Python console::
+
+    from RenalSegModuleLib.logic import RenalSegLogic, SegmentationSettings
+    logic = RenalSegLogic(slicer.mrmlScene)
+    result = logic.process(getNode("CT"), settings=SegmentationSettings(fast=True), progress=lambda f, m: print(f, m))
+    logic.export_stl(result.segmentation_node, "/tmp/meshes", coordinates="LPS")
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import segmentation_io as io
+from .results import fill_table
+from .tasks import BackgroundTask
+from .terminology import TERMINOLOGY_PATH, SegmentStyle, load_segment_styles
+
+Progress = Callable[[float, str], None]
+COORDINATE_SYSTEMS = ("RAS", "LPS")
+SMOOTHING_FACTOR = 0.5  # Slicer's default closed-surface smoothing
+
+
+class SegmentationEngine(Protocol):
+    """What the logic needs from the engine (``RenalSegLib.inference.segment`` has this signature)."""
+
+    def __call__(self, ct: sitk.Image, *, device: str, fast: bool, model_path, progress: Progress | None,
+                 cancel: threading.Event | None) -> sitk.Image: ...
+
+
+class InferenceEngine:
+    """The real engine: ``RenalSegLib.inference.segment`` with the loaded model kept between runs."""
+
+    def __init__(self):
+        self._segmenter = None
+        self._key = None
+
+    def __call__(self, ct, *, device="auto", fast=False, model_path=None, progress=None, cancel=None):
+        from RenalSegLib import inference  # torch/MONAI load here, on the worker thread, not at module import
+
+        key = (str(model_path), device, fast)
+        if self._key != key:
+            if progress:
+                progress(0.0, "loading model")
+            self._segmenter, self._key = inference.Segmenter.load(model_path, device, fast), key
+        return inference.segment(ct, device=device, fast=fast, model_path=model_path, segmenter=self._segmenter,
+                                 progress=progress, cancel=cancel)
+
+
+@dataclass
+class SegmentationSettings:
+    """User choices for one auto-segmentation run (saved in the scene by the widget's parameter node)."""
+
+    device: str = "auto"  # auto | cpu | cuda | mps
+    fast: bool = False
+    model_path: str | None = None
+
+
+@dataclass
+class PreparedLabels:
+    """Everything derived from the engine's output without touching MRML (computed on the worker thread)."""
+
+    kits: sitk.Image
+    segment_map: np.ndarray  # (k, j, i) values of labels.SEGMENTS: kidneys split by patient side
+    measurements: list[dict]  # RenalSegLib.measure rows
+
+
+@dataclass
+class SegmentationResult:
+    segmentation_node: object
+    segment_ids: dict[str, str]
+    table_node: object | None
+    measurements: list[dict] = field(default_factory=list)  # RenalSegLib.measure rows
+
+
+class RenalSegLogic:
+    """Auto segmentation of a volume node into RenalSeg's four named segments."""
+
+    def __init__(self, scene, engine: SegmentationEngine | None = None, terminology_path: str | Path = TERMINOLOGY_PATH):
+        self.scene = scene
+        self.engine = engine or InferenceEngine()
+        self.styles: dict[str, SegmentStyle] = load_segment_styles(terminology_path)
+
+    # -- worker-thread part: no MRML access ----------------------------------------------------------
+
+    def compute_labels(self, ct: sitk.Image, settings: SegmentationSettings | None = None, progress: Progress | None = None,
+                       cancel: threading.Event | None = None) -> sitk.Image:
+        """Run the engine on a CT image; returns the KiTS label map in the CT's geometry. Thread-safe."""
+        settings = settings or SegmentationSettings()
+        kits = self.engine(ct, device=settings.device, fast=settings.fast, model_path=settings.model_path,
+                           progress=progress, cancel=cancel)
+        if kits.GetSize() != ct.GetSize():
+            raise RuntimeError(f"engine returned labels of size {kits.GetSize()} for a CT of size {ct.GetSize()}")
+        return kits
+
+    @staticmethod
+    def prepare_labels(ct: sitk.Image, kits: sitk.Image) -> PreparedLabels:
+        """Split the kidneys by patient side and measure every structure. Thread-safe (no MRML).
+
+        Both come from one ``RenalSegLib.measure.analyse`` pass (it splits the kidneys on the labels'
+        bounding box only), so the Slicer segments and the table always agree.
+        """
+        from RenalSegLib.measure import analyse, measure
+
+        if not sitk.GetArrayViewFromImage(kits).any():
+            return PreparedLabels(kits, np.zeros(tuple(reversed(kits.GetSize())), np.uint8), [])
+        anatomy = analyse(kits, ct)
+        return PreparedLabels(kits, sitk.GetArrayFromImage(anatomy.segments), measure(kits, ct, anatomy))
+
+    # -- main-thread part: MRML ------------------------------------------------------------------------
+
+    def apply_labels(self, volume_node, kits: sitk.Image | PreparedLabels, segmentation_node=None, table_node=None) -> SegmentationResult:
+        """Write a KiTS label map as the named segments and fill the results table (main thread).
+
+        A new segmentation node is created when none is given; in an existing one only RenalSeg's
+        segments are replaced. If writing fails, a node created here is removed again. Pass the
+        ``PreparedLabels`` computed on the worker thread to keep the main thread's share short.
+        """
+        prepared = kits if isinstance(kits, PreparedLabels) else self.prepare_labels(io.volume_to_image(volume_node), kits)
+        segment_map, measurements = prepared.segment_map, prepared.measurements
+        if segment_map.shape != tuple(reversed(volume_node.GetImageData().GetDimensions())):
+            raise RuntimeError("the labels do not match the volume's grid (was the volume changed during segmentation?)")
+        created = []
+        try:
+            if segmentation_node is None:
+                segmentation_node = io.new_segmentation_node(self.scene, volume_node)
+                created.append(segmentation_node)
+            else:
+                io.attach_to_volume(segmentation_node, volume_node)
+            segment_ids = io.write_segment_map(segmentation_node, segment_map, io.ijk_to_ras(volume_node), self.styles)
+            if table_node is None:
+                table_node = self.scene.AddNewNodeByClass("vtkMRMLTableNode", f"{segmentation_node.GetName()} measurements")
+                created.append(table_node)
+                io.place_beside(table_node, volume_node)
+            fill_table(table_node, measurements)
+        except Exception:
+            for node in created:
+                self.scene.RemoveNode(node)
+            raise
+        return SegmentationResult(segmentation_node, segment_ids, table_node, measurements)
+
+    def segments_to_replace(self, segmentation_node) -> list[str]:
+        """Names of RenalSeg's segments that hold voxels in ``segmentation_node`` (a re-run replaces them)."""
+        if segmentation_node is None:
+            return []
+        segmentation = segmentation_node.GetSegmentation()
+        names = []
+        for name in self.styles:
+            segment_id = segmentation.GetSegmentIdBySegmentName(name)
+            labelmap = segmentation_node.GetBinaryLabelmapInternalRepresentation(segment_id) if segment_id else None
+            if labelmap is not None and _holds_value(labelmap, segmentation.GetSegment(segment_id).GetLabelValue()):
+                names.append(name)
+        return names
+
+    def process(self, volume_node, segmentation_node=None, settings: SegmentationSettings | None = None,
+                progress: Progress | None = None, cancel: threading.Event | None = None, table_node=None) -> SegmentationResult:
+        """Headless auto segmentation in the calling thread: volume node -> engine -> segments + table."""
+        kits = self.compute_labels(io.volume_to_image(volume_node), settings, progress, cancel)
+        return self.apply_labels(volume_node, kits, segmentation_node, table_node)
+
+    def start_process(self, volume_node, settings: SegmentationSettings | None = None) -> BackgroundTask:
+        """Start the engine on a worker thread (the CT is copied here, on the main thread).
+
+        The caller polls the returned task and hands its result (``PreparedLabels``) to ``apply_labels``.
+        """
+        ct = io.volume_to_image(volume_node)
+
+        def work(progress, cancel):
+            kits = self.compute_labels(ct, settings, progress, cancel)
+            progress(1.0, "measuring")
+            return self.prepare_labels(ct, kits)
+
+        return BackgroundTask(work).start()
+
+    # -- export ----------------------------------------------------------------------------------------
+
+    def export_stl(self, segmentation_node, folder: str | Path, coordinates: str = "RAS", smoothing: bool = True,
+                   segment_names: Sequence[str] | None = None) -> list[Path]:
+        """Write one STL per segment with Slicer's closed-surface conversion; returns the files written.
+
+        ``coordinates`` is "RAS" (Slicer) or "LPS" (DICOM; what most printing and planning software expects).
+        """
+        import slicer
+        import vtk
+
+        if coordinates not in COORDINATE_SYSTEMS:
+            raise ValueError(f"coordinates must be one of {COORDINATE_SYSTEMS}, got {coordinates!r}")
+        segmentation = segmentation_node.GetSegmentation()
+        names = list(segment_names) if segment_names is not None else [s for s in self.styles if segmentation.GetSegmentIdBySegmentName(s)]
+        ids = vtk.vtkStringArray()
+        for name in names:
+            segment_id = segmentation.GetSegmentIdBySegmentName(name)
+            if not segment_id:
+                raise ValueError(f"segment {name!r} not found in {segmentation_node.GetName()}")
+            ids.InsertNextValue(segment_id)
+        factor = f"{SMOOTHING_FACTOR if smoothing else 0.0}"
+        if segmentation.GetConversionParameter("Smoothing factor") != factor:
+            segmentation.SetConversionParameter("Smoothing factor", factor)
+            segmentation_node.RemoveClosedSurfaceRepresentation()  # force re-conversion with the new smoothing
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsClosedSurfaceRepresentationToFiles(
+                str(folder), segmentation_node, ids, "STL", coordinates == "LPS"):
+            raise RuntimeError(f"STL export to {folder} failed")
+        return [folder / f"{segmentation_node.GetName()}_{name}.stl" for name in names]
+
+
+def _holds_value(labelmap, value: int) -> bool:
+    """Whether a (possibly shared) labelmap layer holds voxels of one segment's label value."""
+    from vtk.util import numpy_support
+
+    if labelmap.GetPointData().GetScalars() is None:
+        return False
+    return bool((numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars()) == value).any())

@@ -1,0 +1,1 @@
+"""RenalSegInteractive's Slicer-side logic: clicks in, refined segments out, without Qt."""

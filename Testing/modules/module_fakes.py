@@ -1,0 +1,44 @@
+"""Stand-ins for the engine used by the module-logic tests (a fixed-label engine, a ball-painting session)."""
+
+from __future__ import annotations
+
+import numpy as np
+from RenalSegInteractiveLib.selftest import BallSession
+
+class FakeEngine:
+    """Stand-in for ``RenalSegLib.inference.segment``: returns fixed labels, reports progress, honours cancel."""
+
+    def __init__(self, kits_labels):
+        self.kits_labels = kits_labels
+        self.calls = []
+
+    def __call__(self, ct, *, device="auto", fast=False, model_path=None, progress=None, cancel=None):
+        import SimpleITK as sitk
+        from RenalSegLib.inference import Cancelled
+
+        self.calls.append(dict(size=ct.GetSize(), origin=ct.GetOrigin(), direction=ct.GetDirection(), device=device, fast=fast))
+        for step in range(3):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("segmentation cancelled")
+            if progress:
+                progress(step / 3, f"step {step + 1}")
+        out = sitk.Image(self.kits_labels)
+        out.CopyInformation(ct)
+        return out
+
+
+def ras_bounds(mask: np.ndarray, ijk_to_ras: np.ndarray) -> np.ndarray:
+    """(xmin, xmax, ymin, ymax, zmin, zmax) in RAS of a (k, j, i) mask's voxel centres."""
+    kji = np.argwhere(mask)
+    ras = kji[:, ::-1] @ ijk_to_ras[:3, :3].T + ijk_to_ras[:3, 3]
+    return np.ravel(np.column_stack([ras.min(0), ras.max(0)]))
+
+
+class FakeSession(BallSession):
+    """The self-test's ball-painting session, counting how many sessions were built (preprocessing runs)."""
+
+    instances = 0
+
+    def __init__(self, *args, **kwargs):
+        FakeSession.instances += 1
+        super().__init__(*args, **kwargs)

@@ -1,0 +1,70 @@
+"""The module logic with the real engine code (untrained small networks): plumbing and geometry, not accuracy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from RenalSegInteractiveLib.logic import EngineSessions, InteractiveLogic  # noqa: E402
+from RenalSegLib import labels, volume  # noqa: E402
+from RenalSegModuleLib import segmentation_io as io  # noqa: E402
+from RenalSegModuleLib.logic import InferenceEngine, RenalSegLogic, SegmentationSettings  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def untrained_model(tmp_path_factory) -> Path:
+    """Small untrained networks on the real stage grids (as in Testing/engine/test_inference.py)."""
+    from RenalSegLib import network as N
+    from RenalSegLib.training import STAGES
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    networks = {}
+    for stage in ("coarse", "fine"):
+        config = N.NetworkConfig.from_dict({**STAGES[stage].__dict__, "filters": (4, 8, 16, 32, 64)})
+        networks[stage] = (N.build_network(config), config)
+    return N.save_model(tmp_path_factory.mktemp("model") / "small.pt", networks, {"training_data": "none (untrained)"})
+
+
+def test_auto_segmentation_through_the_real_engine_keeps_the_volume_grid(scene, oblique_phantom, untrained_model):
+    volume_node = io.add_volume_node(scene, oblique_phantom.ct)
+    engine = InferenceEngine()
+    logic = RenalSegLogic(scene, engine)
+    settings = SegmentationSettings(device="cpu", fast=True, model_path=str(untrained_model))
+    messages = []
+    result = logic.process(volume_node, settings=settings, progress=lambda f, m: messages.append(m))
+    assert messages[0] == "loading model" and messages[-1] == "done"
+    segment_map = io.read_segment_map(result.segmentation_node, volume_node, result.segment_ids)
+    assert segment_map.shape == tuple(reversed(oblique_phantom.ct.GetSize()))
+    assert result.segmentation_node.GetSegmentation().GetNumberOfSegments() == 4
+    loaded = engine._segmenter
+    logic.process(volume_node, result.segmentation_node, settings=settings)
+    assert engine._segmenter is loaded  # the model is loaded once and reused
+
+
+def test_refinement_through_the_real_session_changes_only_the_crop(scene, small_phantom, untrained_model):
+    from module_fakes import FakeEngine
+
+    volume_node = io.add_volume_node(scene, small_phantom.ct)
+    result = RenalSegLogic(scene, FakeEngine(small_phantom.labels)).process(volume_node)
+    sessions = EngineSessions()
+    logic = InteractiveLogic(scene, sessions, device="cpu", model_path=str(untrained_model))
+    try:
+        logic.warm_up().result(120)
+        logic.start(volume_node, result.segmentation_node).result(120)
+        before = logic.read_kits_labels()
+        tumor_lps = volume.index_to_physical(small_phantom.ct, np.argwhere(before == labels.TUMOR)[:, ::-1]).mean(0)
+        box = logic.click(volume.lps_to_ras(tumor_lps), label=labels.TUMOR, timeout=120)
+        after = logic.read_kits_labels()
+        np.testing.assert_array_equal(after, logic._session.labels)  # the segments hold exactly the session's labels
+        outside = np.ones(after.shape, bool)
+        outside[box] = False
+        np.testing.assert_array_equal(after[outside], before[outside])
+        assert logic.undo(timeout=120)
+        np.testing.assert_array_equal(logic.read_kits_labels(), before)
+    finally:
+        logic.shutdown()
