@@ -34,3 +34,19 @@ def phantom():
     import phantoms
 
     return phantoms.kidney_phantom()
+
+
+@pytest.fixture(scope="session")
+def untrained_model(tmp_path_factory) -> Path:
+    """A model file with small untrained networks on the real stage grids: for plumbing and geometry tests."""
+    import torch
+
+    from RenalSegLib import network as N
+    from RenalSegLib.training import STAGES
+
+    torch.manual_seed(0)
+    networks = {}
+    for stage in ("coarse", "fine"):
+        config = N.NetworkConfig.from_dict({**STAGES[stage].__dict__, "filters": (4, 8, 16, 32, 64)})
+        networks[stage] = (N.build_network(config), config)
+    return N.save_model(tmp_path_factory.mktemp("model") / "small.pt", networks, {"training_data": "none (untrained)"})

@@ -1,4 +1,4 @@
-"""Draw the Slicer modules' icons and the workflow figure of docs/slicer.md (no Slicer needed).
+"""Draw the Slicer modules' icons and the workflow figure of the README (section "Use in 3D Slicer") (no Slicer needed).
 
 Run: python docs/slicer_figures.py   (writes RenalSeg/Resources/Icons/*.png and docs/slicer_workflow.png)
 The figure is drawn from the engine's own data (a synthetic phantom, its labels standing in for a model

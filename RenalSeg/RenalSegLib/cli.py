@@ -429,12 +429,15 @@ def _add_synth(sub) -> None:
     p.add_argument("--preview", action="store_true", help="write NAME_preview.png (axial, coronal, sagittal through the tumor, W400/L40)")
     p.add_argument("--report", action="store_true", help="write realism_report.md: synthetic HU per tissue beside published ranges and a real CT")
     p.add_argument("--real-ct", help="real CT (DICOM folder or file) measured for the realism report")
+    p.add_argument("--kits-json", help="kits23.json: give each case's tumor the appearance of its histology (else random)")
 
 
 def _run_synth(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .synthesis import SynthesisConfig, synthesize
+    import dataclasses
+
+    from .synthesis import TUMOR_TYPE_BY_HISTOLOGY, SynthesisConfig, synthesize
     from .volume import read_labels, read_volume, write_labels, write_volume
 
     source = Path(args.labels)
@@ -453,13 +456,23 @@ def _run_synth(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     count = args.n if args.n is not None else len(files)
+    histology = {}
+    if args.kits_json:
+        try:
+            histology = {entry["case_id"]: entry.get("tumor_histologic_subtype") for entry in json.loads(Path(args.kits_json).read_text())}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise RenalSegError(f"{args.kits_json}: not a readable kits23.json ({exc})") from None
     statistics = []
     with open(out / "parameters.jsonl", "a") as log_file:
         for index in tqdm(range(count), desc="synthesising", unit="volume"):
             path = files[index % len(files)]
             seed = args.seed + index
             name = f"{path.name.split('.')[0]}_s{seed}"
-            result = synthesize(read_labels(path), seed=seed, config=config, spacing=spacing)
+            case_config = config
+            tumor_type = TUMOR_TYPE_BY_HISTOLOGY.get(histology.get(path.name.split(".")[0]))
+            if tumor_type:
+                case_config = dataclasses.replace(config, tumor_type_weights={tumor_type: 1.0})
+            result = synthesize(read_labels(path), seed=seed, config=case_config, spacing=spacing)
             write_volume(result.ct, out / f"{name}_ct.nii.gz")
             write_labels(result.labels, out / f"{name}_labels.nii.gz", result.ct)
             if args.tissues:

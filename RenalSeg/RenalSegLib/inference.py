@@ -20,7 +20,7 @@ import SimpleITK as sitk
 
 from . import labels as L
 from .errors import RenalSegError
-from .network import NetworkConfig, minimum_input_multiple
+from .network import minimum_input_multiple
 from .preprocess import grid_for_image, grid_for_region, normalize_ct, resample_onto
 
 log = logging.getLogger(__name__)

@@ -38,6 +38,9 @@ STAGES = {
     "fine": NetworkConfig(in_channels=FINE_IN_CHANNELS, out_channels=4, filters=(16, 32, 64, 128, 256), spacing_mm=1.5, patch_size=(64, 64, 64)),
 }
 FINE_MARGIN_MM = 40.0  # context kept around the kidneys in fine-stage volumes
+LESION_PATCH_RATIOS = (0.1, 0.25, 0.45, 0.2)  # fine-stage patch centres: background, kidney, tumor, cyst
+# Loss weights per class (fine stage): lesions are small and rare, and are what users need most.
+FINE_CLASS_WEIGHTS = (1.0, 1.0, 3.0, 3.0)
 VALIDATION_EVERY = 10  # every 10th KiTS case (sorted by id) is held out for validation
 VALIDATION_VOLUMES = 16  # cached validation volumes scored during training (the full set is evaluated after)
 
@@ -163,7 +166,7 @@ def patch_transforms(config: NetworkConfig, lesion_oversampling: bool):
 
     classes = config.out_channels
     # Patch centre class ratios: background, kidney, tumor, cyst (fine) or background, kidney (coarse).
-    ratios = [0.2, 0.3, 0.35, 0.15] if lesion_oversampling and classes == 4 else [0.4, 0.6][:classes] + [0.0] * max(0, classes - 2)
+    ratios = list(LESION_PATCH_RATIOS) if lesion_oversampling and classes == 4 else [0.4, 0.6][:classes] + [0.0] * max(0, classes - 2)
     return T.Compose(
         [
             T.SpatialPadd(keys=("image", "label"), spatial_size=config.patch_size, mode="constant", value=0),
@@ -281,7 +284,8 @@ def fit(options: FitOptions) -> Path:
     if distributed:
         model = torch.nn.parallel.DistributedDataParallel(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=options.learning_rate, weight_decay=options.weight_decay)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    weights = torch.tensor(FINE_CLASS_WEIGHTS, device=device) if config.out_channels == 4 else None
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, weight=weights)
     run_dir = Path(options.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = run_dir / "last.pt"

@@ -13,8 +13,6 @@ import torch
 
 import phantoms
 from RenalSegLib import cli
-from RenalSegLib import network as N
-from RenalSegLib.training import STAGES
 
 COMMANDS = ("segment", "refine", "export", "synth", "train", "evaluate", "bench", "demo", "info")
 
@@ -69,12 +67,8 @@ def test_cuda_request_without_gpu_is_a_clear_error(tmp_path: Path, capsys) -> No
     assert not (tmp_path / "labels.nii.gz").exists()
 
 
-def test_segment_writes_labels_with_the_ct_geometry(tmp_path: Path) -> None:
-    networks = {}
-    for stage in ("coarse", "fine"):
-        config = N.NetworkConfig.from_dict({**STAGES[stage].__dict__, "filters": (4, 8, 16, 32, 64)})
-        networks[stage] = (N.build_network(config), config)
-    model = N.save_model(tmp_path / "small.pt", networks, {"training_data": "none (untrained)"})
+def test_segment_writes_labels_with_the_ct_geometry(tmp_path: Path, untrained_model: Path) -> None:
+    model = untrained_model
     p = phantoms.kidney_phantom(size=(40, 36, 24), spacing=(5.0, 5.5, 7.0), direction=phantoms.oblique_direction(15.0), scale=0.8)
     sitk.WriteImage(p.ct, str(tmp_path / "ct.nrrd"))
     assert cli.main(["segment", str(tmp_path / "ct.nrrd"), "-o", str(tmp_path / "labels.nii.gz"), "--model", str(model), "--device", "cpu"]) == 0

@@ -13,39 +13,26 @@ import torch
 import phantoms
 from RenalSegLib import inference as I
 from RenalSegLib import labels as L
-from RenalSegLib import network as N
-from RenalSegLib.training import STAGES
 
 torch.set_num_threads(2)
 
 
-@pytest.fixture(scope="module")
-def small_model(tmp_path_factory) -> Path:
-    """Untrained small networks with the real stage grids: enough for geometry and plumbing tests."""
-    torch.manual_seed(0)
-    networks = {}
-    for stage in ("coarse", "fine"):
-        config = N.NetworkConfig.from_dict({**STAGES[stage].__dict__, "filters": (4, 8, 16, 32, 64)})
-        networks[stage] = (N.build_network(config), config)
-    return N.save_model(tmp_path_factory.mktemp("model") / "small.pt", networks, {"training_data": "none (untrained)"})
-
-
 @pytest.mark.parametrize("direction", [None, phantoms.oblique_direction(20.0), np.diag([-1.0, 1.0, 1.0])], ids=["axial", "oblique", "flipped"])
-def test_output_has_exactly_the_input_geometry(small_model: Path, direction) -> None:
+def test_output_has_exactly_the_input_geometry(untrained_model: Path, direction) -> None:
     p = phantoms.kidney_phantom(size=(50, 44, 30), spacing=(3.1, 3.3, 4.0), direction=direction, origin=(-7.0, 11.0, 40.0))
     messages = []
-    out = I.segment(p.ct, model_path=small_model, device="cpu", progress=lambda f, m: messages.append((f, m)))
+    out = I.segment(p.ct, model_path=untrained_model, device="cpu", progress=lambda f, m: messages.append((f, m)))
     assert out.GetSize() == p.ct.GetSize()
     assert out.GetSpacing() == p.ct.GetSpacing() and out.GetOrigin() == p.ct.GetOrigin() and out.GetDirection() == p.ct.GetDirection()
     assert out.GetPixelID() == sitk.sitkUInt8
     assert messages[-1] == (1.0, "done") and [f for f, _ in messages] == sorted(f for f, _ in messages)
 
 
-def test_cancel_stops_segmentation(small_model: Path) -> None:
+def test_cancel_stops_segmentation(untrained_model: Path) -> None:
     cancel = threading.Event()
     cancel.set()
     with pytest.raises(I.Cancelled):
-        I.segment(phantoms.kidney_phantom(size=(24, 24, 16), spacing=(6.0, 6.0, 8.0)).ct, model_path=small_model, device="cpu", cancel=cancel)
+        I.segment(phantoms.kidney_phantom(size=(24, 24, 16), spacing=(6.0, 6.0, 8.0)).ct, model_path=untrained_model, device="cpu", cancel=cancel)
 
 
 class _OracleSegmenter(I.Segmenter):

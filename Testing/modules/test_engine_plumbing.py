@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,21 +12,6 @@ from RenalSegInteractiveLib.logic import EngineSessions, InteractiveLogic  # noq
 from RenalSegLib import labels, volume  # noqa: E402
 from RenalSegModuleLib import segmentation_io as io  # noqa: E402
 from RenalSegModuleLib.logic import InferenceEngine, RenalSegLogic, SegmentationSettings  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def untrained_model(tmp_path_factory) -> Path:
-    """Small untrained networks on the real stage grids (as in Testing/engine/test_inference.py)."""
-    from RenalSegLib import network as N
-    from RenalSegLib.training import STAGES
-
-    torch.manual_seed(0)
-    torch.set_num_threads(1)
-    networks = {}
-    for stage in ("coarse", "fine"):
-        config = N.NetworkConfig.from_dict({**STAGES[stage].__dict__, "filters": (4, 8, 16, 32, 64)})
-        networks[stage] = (N.build_network(config), config)
-    return N.save_model(tmp_path_factory.mktemp("model") / "small.pt", networks, {"training_data": "none (untrained)"})
 
 
 def test_auto_segmentation_through_the_real_engine_keeps_the_volume_grid(scene, oblique_phantom, untrained_model):

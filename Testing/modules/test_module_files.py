@@ -42,7 +42,7 @@ def test_cmake_lists_every_python_file_and_resource(module):
     assert not entries - on_disk, f"listed but missing: {sorted(entries - on_disk)}"
     assert f"{module}.py" in entries and f"Resources/Icons/{module}.png" in entries and f"Resources/UI/{module}.ui" in entries
     text = (folder / "CMakeLists.txt").read_text()
-    assert "slicerMacroBuildScriptedModule" in text and f"slicer_add_python_unittest(SCRIPT ${{MODULE_NAME}}.py)" in text
+    assert "slicerMacroBuildScriptedModule" in text and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
 
 
 def test_top_level_cmake_describes_the_extension():
