@@ -24,12 +24,13 @@ and an optional reconstruction-circle field of view. A domain-randomised mode (S
 
 Everything is computed on SimpleITK grids: the procedural body on a coarse grid (>= 2.5 mm) that is
 resampled onto the output grid, the kidney interior at full resolution in a crop around the kidneys,
-and blur + noise in slabs, so a 512x512x600 map stays within a few GB.
+and blur + noise in slabs, so a 512x512x600 map stays within a few GB. The body's shapes are
+hand-written implicit functions (no library builds a procedural abdomen); filtering, distance maps
+and resampling are SimpleITK / scipy.ndimage.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass, field
 
@@ -39,8 +40,6 @@ import SimpleITK as sitk
 from . import labels as L
 from .volume import index_to_physical, ijk_to_lps_matrix, physical_to_index
 
-log = logging.getLogger(__name__)
-
 PHASES = ("corticomedullary", "nephrographic")
 
 # Internal tissue classes of ``Synthesized.tissues`` (id = position).
@@ -49,11 +48,11 @@ TISSUE_NAMES: tuple[str, ...] = (
     "lung", "liver", "liver_vessel", "spleen", "pancreas", "gallbladder", "bowel_wall", "bowel_gas",
     "bowel_fluid", "bowel_contrast", "aorta", "ivc", "renal_artery", "renal_vein", "perirenal_fat",
     "renal_cortex", "renal_medulla", "renal_sinus_fat", "collecting_system", "sinus_vessel", "tumor",
-    "tumor_necrosis", "tumor_calcification", "tumor_fat", "cyst_fluid", "cyst_septum", "mediastinum", "table", "lung_vessel",
+    "tumor_necrosis", "tumor_calcification", "tumor_fat", "cyst_fluid", "cyst_septum", "mediastinum", "table", "lung_vessel", "bladder", "tumor_rim",
 )
 T = {name: i for i, name in enumerate(TISSUE_NAMES)}
 KIDNEY_TISSUES = ("renal_cortex", "renal_medulla", "renal_sinus_fat", "collecting_system", "sinus_vessel")
-TUMOR_TISSUES = ("tumor", "tumor_necrosis", "tumor_calcification", "tumor_fat")
+TUMOR_TISSUES = ("tumor", "tumor_necrosis", "tumor_calcification", "tumor_fat", "tumor_rim")
 CYST_TISSUES = ("cyst_fluid", "cyst_septum")
 
 _CM, _NP = PHASES
@@ -92,6 +91,7 @@ _HU = {
     "mediastinum": ((35, 60), (35, 60)),
     "table": ((200, 500), (200, 500)),
     "lung_vessel": ((40, 150), (40, 150)),
+    "bladder": ((0, 20), (0, 20)),
 }
 HU_SOURCES = {
     "renal_cortex": "Eur J Radiol 2007;63:420 (30-50 unenhanced + 195-217 peak; low end widened for off-peak timing)",
@@ -119,12 +119,20 @@ _TEXTURE_SD = {
 }
 
 # Tumour subtypes: per-phase mean HU range of the enhancing part, heterogeneity SD range, and the
-# probabilities of a necrotic/cystic centre, calcification and macroscopic fat.
+# probabilities of a necrotic/cystic centre, calcification, macroscopic fat and an enhancing rim
+# (pseudocapsule / peripheral enhancement, 1-3 mm, 15-50 HU above the tumor; assumption).
 TUMOR_TYPES = {
-    "clear_cell": dict(hu={_CM: (128, 218), _NP: (115, 183)}, hetero=(15, 40), necrosis=0.55, calcification=0.1, fat=0.0),
-    "oncocytoma": dict(hu={_CM: (115, 187), _NP: (103, 171)}, hetero=(8, 20), necrosis=0.25, calcification=0.05, fat=0.0),
-    "papillary": dict(hu={_CM: (35, 100), _NP: (30, 91)}, hetero=(5, 15), necrosis=0.2, calcification=0.15, fat=0.0),
-    "fat_aml": dict(hu={_CM: (60, 140), _NP: (60, 130)}, hetero=(10, 25), necrosis=0.0, calcification=0.0, fat=1.0),
+    "clear_cell": dict(hu={_CM: (128, 218), _NP: (115, 183)}, hetero=(15, 40), necrosis=0.55, calcification=0.1, fat=0.0, rim=0.6),
+    "oncocytoma": dict(hu={_CM: (115, 187), _NP: (103, 171)}, hetero=(8, 20), necrosis=0.25, calcification=0.05, fat=0.0, rim=0.2),
+    "papillary": dict(hu={_CM: (35, 100), _NP: (30, 91)}, hetero=(5, 15), necrosis=0.2, calcification=0.15, fat=0.0, rim=0.4),
+    "fat_aml": dict(hu={_CM: (60, 140), _NP: (60, 130)}, hetero=(10, 25), necrosis=0.0, calcification=0.0, fat=1.0, rim=0.0),
+}
+# KiTS23 histology (kits23.json "tumor_histologic_subtype") -> the synthetic tumor type whose published
+# enhancement fits it best; chromophobe RCC enhances like oncocytoma (both hypo- to iso-enhancing, homogeneous).
+TUMOR_TYPE_BY_HISTOLOGY = {
+    "clear_cell_rcc": "clear_cell", "multilocular_cystic_rcc": "clear_cell", "papillary_rcc": "papillary",
+    "clear_cell_papillary": "papillary", "chromophobe_rcc": "oncocytoma", "oncocytoma": "oncocytoma",
+    "angiomyolipoma": "fat_aml",
 }
 TUMOR_NECROSIS_HU = (5, 35)  # fluid-like necrosis (assumption; between water and unenhanced tissue)
 TUMOR_CALCIFICATION_HU = (300, 900)  # assumption
@@ -150,8 +158,8 @@ class SynthesisConfig:
     noise_correlation_mm: tuple[float, float] = (0.6, 1.1)  # least in-plane PSF sigma: sets the noise texture
     inplane_psf_fwhm_mm: tuple[float, float] = (0.7, 1.2)
     slice_thickness_factor: tuple[float, float] = (1.0, 1.5)  # slice thickness / source slice spacing
-    cupping_hu: tuple[float, float] = (0.0, 20.0)  # beam-hardening-like drop at the body centre
-    bias_hu: tuple[float, float] = (0.0, 10.0)  # SD of a smooth additive bias field
+    cupping_hu: tuple[float, float] = (0.0, 12.0)  # beam-hardening-like drop at the body centre
+    bias_hu: tuple[float, float] = (0.0, 6.0)  # SD of a smooth additive bias field
     deformation_mm: tuple[float, float] = (0.0, 8.0)  # amplitude of the body's random deformation
     fov_circle_rate: float = 0.3  # share of cases with a reconstruction circle (air outside it)
     coarse_spacing_mm: float = 2.5  # grid of the procedural body (never finer than the output)
@@ -192,7 +200,7 @@ def _grid_like(reference: sitk.Image, spacing: tuple[float, float, float], pixel
 
 
 def _lps_axes(image: sitk.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """LPS x, y, z of every voxel as broadcastable float32 pieces summed lazily: returns full arrays (k, j, i)."""
+    """LPS x, y and z (mm) of every voxel as three float32 arrays in (k, j, i) order."""
     matrix = ijk_to_lps_matrix(image)
     size = image.GetSize()
     i = np.arange(size[0], dtype=np.float32)[None, None, :]
@@ -211,29 +219,44 @@ def _slice_axis(image: sitk.Image) -> int:
     return int(np.argmax(np.abs(direction[2])))
 
 
-def _bspline_matrix(n_out: int, cell: float) -> np.ndarray:
-    """(n_out, n_lattice) weights of a cubic B-spline through a lattice of spacing ``cell`` output voxels."""
+def _bspline_taps(n_out: int, cell: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """Lattice indices and weights (n_out, 4) of a cubic B-spline through a lattice of spacing ``cell``
+    output voxels, and the lattice length."""
     n_lattice = int(math.ceil(n_out / cell)) + 4
-    t = np.arange(n_out, dtype=np.float64)[:, None] / cell + 2.0 - np.arange(n_lattice)[None, :]
-    a = np.abs(t)
+    t = np.arange(n_out, dtype=np.float64) / cell + 2.0
+    index = np.floor(t).astype(int)[:, None] + np.arange(-1, 3)[None, :]
+    a = np.abs(t[:, None] - index)
     weights = np.where(a < 1, (4 - 6 * a**2 + 3 * a**3) / 6, np.where(a < 2, (2 - a) ** 3 / 6, 0.0))
-    return weights.astype(np.float32)
+    return index, weights.astype(np.float32), n_lattice
 
 
 def _smooth_noise(rng: np.random.Generator, shape_kji, spacing_kji, feature_mm: float) -> np.ndarray:
     """Unit-SD smooth random field of feature size ``feature_mm`` on a (k, j, i) grid.
 
-    A cubic B-spline through random lattice values, applied axis by axis as small matrix products
-    (much faster than a 3D spline resample: the lattice is tiny and BLAS does the work).
+    A cubic B-spline through random lattice values, applied axis by axis with its 4 taps per output
+    voxel (much faster than a 3D spline resample, and linear in the output size).
     """
     cells = np.maximum(feature_mm / np.asarray(spacing_kji, float), 1.0)
-    matrices = [_bspline_matrix(int(n), float(c)) for n, c in zip(shape_kji, cells)]
-    lattice = rng.standard_normal([m.shape[1] for m in matrices]).astype(np.float32)
-    lk, lj, li = lattice.shape
-    # Contiguous 2D products so that numpy hands every step to BLAS.
-    field_ = (matrices[0] @ lattice.reshape(lk, lj * li)).reshape(-1, lj, li)
-    field_ = np.matmul(matrices[1], field_)
-    field_ = (field_.reshape(-1, li) @ np.ascontiguousarray(matrices[2].T)).reshape(tuple(int(n) for n in shape_kji))
+    taps = [_bspline_taps(int(n), float(c)) for n, c in zip(shape_kji, cells)]
+    field_ = rng.standard_normal([t[2] for t in taps]).astype(np.float32)
+    for axis, (index, weights, n_lattice) in enumerate(taps):
+        if n_lattice <= 24:  # a short lattice: one dense product per axis is fastest (BLAS)
+            matrix = np.zeros((len(index), n_lattice), np.float32)
+            np.put_along_axis(matrix, index, weights, axis=1)
+            if axis == 0:
+                field_ = (matrix @ field_.reshape(n_lattice, -1)).reshape(len(index), *field_.shape[1:])
+            elif axis == 1:
+                field_ = np.matmul(matrix, field_)
+            else:
+                field_ = (field_.reshape(-1, n_lattice) @ np.ascontiguousarray(matrix.T)).reshape(*field_.shape[:2], len(index))
+            continue
+        shape = [1, 1, 1]
+        shape[axis] = -1
+        out = None
+        for tap in range(4):  # a long lattice: the spline's 4 taps per output voxel
+            term = np.take(field_, index[:, tap], axis=axis) * weights[:, tap].reshape(shape)
+            out = term if out is None else out + term
+        field_ = out
     sd = float(field_[::3, ::3, ::3].std())
     field_ *= np.float32(1.0 / (sd if sd > 1e-6 else 1.0))
     return field_
@@ -261,6 +284,7 @@ class _Kidney:
     z_range: tuple[float, float]
     medial_extent: float  # mm from centroid to the most medial voxel
     volume_ml: float
+    width_mm: float = 0.0  # extent along LPS x
 
 
 def _kidneys(coarse_labels: np.ndarray, grid: sitk.Image) -> list[_Kidney]:
@@ -277,19 +301,31 @@ def _kidneys(coarse_labels: np.ndarray, grid: sitk.Image) -> list[_Kidney]:
         lps = index_to_physical(grid, kji[:, ::-1].astype(float))
         found.append(_Kidney(lps.mean(0), (float(lps[:, 2].min()), float(lps[:, 2].max())), 0.0, len(kji) * voxel_ml))
         found[-1].medial_extent = float(np.abs(lps[:, 0] - lps[:, 0].mean()).max())
+        found[-1].width_mm = float(lps[:, 0].max() - lps[:, 0].min())
     found.sort(key=lambda k: -k.volume_ml)
     return sorted(found[:2], key=lambda k: k.centroid[0])
 
 
-def _anatomy_frame(kidneys: list[_Kidney], grid: sitk.Image) -> dict:
-    """Midline x, reference y/z and per-side kidney positions (LPS) of the patient."""
+def _anatomy_frame(kidneys: list[_Kidney], grid: sitk.Image, rng: np.random.Generator) -> dict:
+    """Midline x, reference y/z and per-side kidney positions (LPS) of the patient.
+
+    Two kidneys give the midline between them. A single kidney far from the image centre (a full
+    field of view, the other kidney removed) puts the midline at the centre; a horseshoe kidney
+    spans the midline; a single kidney in a crop around it cannot tell its side (its shape does
+    not, tested on KiTS23), so the side is drawn at random and the midline put 70 mm medially.
+    """
     centre = np.array(grid.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in grid.GetSize()]))
     if len(kidneys) == 2 and kidneys[1].centroid[0] - kidneys[0].centroid[0] > 60:
         right, left = kidneys
         midline = 0.5 * (right.centroid[0] + left.centroid[0])
     elif kidneys:
         one = kidneys[0]
-        midline = centre[0] if abs(one.centroid[0] - centre[0]) > 30 else one.centroid[0]
+        if abs(one.centroid[0] - centre[0]) > 30:
+            midline = centre[0]
+        elif one.width_mm > 110:
+            midline = one.centroid[0]
+        else:
+            midline = one.centroid[0] + (70.0 if rng.random() < 0.5 else -70.0)
         mirrored = _Kidney(one.centroid * [-1, 1, 1] + [2 * midline, 0, 0], one.z_range, one.medial_extent, one.volume_ml)
         right, left = (one, mirrored) if one.centroid[0] < midline else (mirrored, one)
     else:
@@ -329,6 +365,8 @@ def _draw_intensities(rng: np.random.Generator, config: SynthesisConfig, phase: 
     sds[T["tumor_calcification"]] = 100.0
     means[T["tumor_fat"]] = rng.uniform(*TUMOR_FAT_HU)
     sds[T["tumor_fat"]] = 15.0
+    means[T["tumor_rim"]] = means[T["tumor"]] + rng.uniform(15, 50)
+    sds[T["tumor_rim"]] = 10.0
     cyst_type = _choose(rng, config.cyst_type_weights)
     if cyst_type == "hyperdense":
         means[T["cyst_fluid"]] = rng.uniform(*HYPERDENSE_CYST_HU)
@@ -337,6 +375,7 @@ def _draw_intensities(rng: np.random.Generator, config: SynthesisConfig, phase: 
         necrosis=bool(rng.random() < spec["necrosis"]),
         calcification=bool(rng.random() < spec["calcification"]),
         fat=bool(rng.random() < spec["fat"]),
+        rim=bool(rng.random() < spec.get("rim", 0.0)),
         cyst_type=cyst_type,
     )
     if randomized:
@@ -499,7 +538,7 @@ def _body(rng: np.random.Generator, grid: sitk.Image, coarse_labels: np.ndarray,
     contrast_oral = rng.random() < 0.4
     gas_level, contrast_level = rng.uniform(0.4, 1.2), rng.uniform(-1.4, -0.6) if contrast_oral else -99.0
     contents = _smooth_noise(rng, shape, spacing_kji, 30.0)
-    contents -= np.float32(0.02) * (v - np.float32(sv))
+    contents -= np.float32(0.006) * (v - np.float32(sv))  # gas floats up (anteriorly) in a supine patient
 
     def fill_bowel(box, lumen, wall):
         tissue[box][wall] = T["bowel_wall"]
@@ -522,7 +561,7 @@ def _body(rng: np.random.Generator, grid: sitk.Image, coarse_labels: np.ndarray,
         # Packed loops: blobs of a smooth field, each with a wall; mostly fluid, rarely gas.
         loops = _smooth_noise(rng, tuple(s.stop - s.start for s in box), spacing_kji, rng.uniform(12, 18))
         free = abdomen[box] & (v[box] < sv - 40) & (w[box] < small_top) & (tissue[box] == T["visceral_fat"])
-        level = rng.uniform(0.2, 0.7)
+        level = rng.uniform(-0.1, 0.5)
         lumen = free & (loops > level)
         tissue[box][free & (loops > level - 0.3) & ~lumen] = T["bowel_wall"]
         c = contents[box]
@@ -635,9 +674,27 @@ def _body(rng: np.random.Generator, grid: sitk.Image, coarse_labels: np.ndarray,
         ribs = (rib_w > lowest_rib - 5) & (ww > costal_margin) & (abs_angle > 0.25) & (abs_angle < 2.1) & (section < 1)
         tissue[box][ribs] = T["bone_cortical"]
         tissue[box][ribs & (section < 0.35)] = T["bone_trabecular"]
-    for side in (-1, 1):  # iliac wings below the kidneys
-        a, b = (side * 45.0, sv + 40, pelvis_w + 30), (side * cavity_a * 0.8, sv - 20, pelvis_w + 60)
-        paint("bone_cortical", np.minimum(a, b) - 8, np.maximum(a, b) + 8, lambda bx, uu, vv, ww: (_segment_distance(uu, vv, ww, a, b) < 8) & (ww < pelvis_w + 70))
+    # Pelvis: iliac wings (curved plates from the sacroiliac joints, widening up to the iliac crests)
+    # and the urinary bladder low in front.
+    crest = pelvis_w + rng.uniform(30, 60)
+    box = region((-BIG, sv - 60, crest - 120), (BIG, sv + 60, crest))
+    if box is not None:
+        uu, vv, ww = u[box], v[box], w[box]
+        t = np.clip((ww - np.float32(crest - 120)) / 120.0, 0, 1)  # 0 at the acetabulum, 1 at the crest
+        su = np.float32(rng.uniform(30, 40))
+        sv_joint = np.float32(sv + rng.uniform(35, 50))
+        for side in (-1.0, 1.0):
+            # Segment from the sacroiliac joint to the plate's anterolateral edge at this height.
+            eu, ev = side * (0.4 + 0.35 * t) * np.float32(cavity_a), np.float32(sv + 15) - 45.0 * t
+            du, dv = eu - side * su, ev - sv_joint
+            along = np.clip(((uu - side * su) * du + (vv - sv_joint) * dv) / (du**2 + dv**2), 0, 1)
+            plate = np.sqrt((uu - side * su - along * du) ** 2 + (vv - sv_joint - along * dv) ** 2)
+            bone = (plate < 5) & (ww < crest)
+            tissue[box][bone] = T["bone_cortical"]
+            tissue[box][bone & (plate < 3)] = T["bone_trabecular"]
+    bl_c = (0.0, sv - rng.uniform(60, 90), crest - rng.uniform(130, 160))
+    bl_axes = (rng.uniform(30, 50), rng.uniform(25, 40), rng.uniform(25, 40))
+    paint("bladder", np.subtract(bl_c, bl_axes), np.add(bl_c, bl_axes), lambda b, uu, vv, ww: cavity[b] & (_ellipsoid(uu, vv, ww, bl_c, bl_axes) < 1))
 
     # CT table behind the patient: two thin shells curving up at the sides.
     if rng.random() < 0.7:
@@ -657,6 +714,10 @@ def _body(rng: np.random.Generator, grid: sitk.Image, coarse_labels: np.ndarray,
         box = tuple(slice(max(int(o[0]) - r, 0), int(o[-1]) + r + 1) for o, r in zip(occupied, reach))
         distance = ndimage.distance_transform_edt(coarse_labels[box] == 0, sampling=spacing_kji)
         near = (distance < g["perirenal"] + 0.5 * min(spacing_kji)) & (tissue[box] != T["air"]) & (tissue[box] != T["subcutaneous_fat"])
+        # Muscles and bones (psoas, quadratus lumborum, diaphragm crura, ribs) may lie close against the
+        # kidney, behind a thin fat plane; organs and bowel keep the full perirenal margin.
+        firm = np.isin(tissue[box], [T["muscle"], T["bone_cortical"], T["bone_trabecular"], T["disc"], T["csf"]])
+        near &= ~firm | (distance < min(g["perirenal"], 2.5) + 0.5 * min(spacing_kji))
         tissue[box][near] = T["perirenal_fat"]
     return tissue, dict(cupping_radius=np.clip(1 - radial ** (2 / n), 0, 1).astype(np.float32))
 
@@ -687,9 +748,9 @@ def _kidney_interior(rng, labels_crop: np.ndarray, spacing_kji, lps_of, frame: d
     pyramids = _smooth_noise(rng, shape, spacing_kji, rng.uniform(8, 12))[index]
     vessel_field = _smooth_noise(rng, shape, spacing_kji, 10.0)[index]
 
-    parenchyma = lab == L.KIDNEY
+    parenchyma = (lab == L.KIDNEY) | (lab > L.CYST)  # unknown label values are treated as kidney
     out[parenchyma] = T["renal_cortex"]
-    medulla = parenchyma & (d > cortex_mm) & (pyramids > -0.3) & (sinus_score < sinus_threshold)
+    medulla = parenchyma & (d > cortex_mm) & (pyramids > rng.uniform(-0.3, 0.2)) & (sinus_score < sinus_threshold)
     out[medulla] = T["renal_medulla"]
     sinus = parenchyma & (sinus_score >= sinus_threshold)
     out[sinus] = T["renal_sinus_fat"]
@@ -706,6 +767,8 @@ def _kidney_interior(rng, labels_crop: np.ndarray, spacing_kji, lps_of, frame: d
             out[tumor & deep & (blobs > -0.8)] = T["tumor_necrosis"]
         if lesions["fat"]:
             out[tumor & (blobs > rng.uniform(-0.6, 0.4))] = T["tumor_fat"]
+        if lesions["rim"]:
+            out[tumor & (tumor_depth < rng.uniform(1.0, 3.0))] = T["tumor_rim"]
         if lesions["calcification"]:
             out[tumor & (_smooth_noise(rng, shape, spacing_kji, 3.0)[index] > 2.2)] = T["tumor_calcification"]
     cyst = lab == L.CYST
@@ -785,6 +848,84 @@ def _fov_mask(image: sitk.Image, radius_fraction: float) -> np.ndarray:
     return np.broadcast_to(r2 > radius**2, tuple(size[::-1]))
 
 
+# --- the pipeline's steps -----------------------------------------------------------------------------
+
+def _body_intensities(rng, coarse: sitk.Image, coarse_tissue: np.ndarray, cupping: np.ndarray, means, sds, phase: str,
+                      randomized: bool, config: SynthesisConfig, out_spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+    """HU of the procedural body on the coarse grid, and its low-frequency (cupping + bias) part."""
+    coarse_spacing_kji = np.array(coarse.GetSpacing())[::-1]
+    texture = _smooth_noise(rng, coarse_tissue.shape, coarse_spacing_kji, rng.uniform(3.0, 8.0))
+    body_hu = means[coarse_tissue] + sds[coarse_tissue] * texture
+    spleen = coarse_tissue == T["spleen"]
+    if phase == _CM and not randomized and spleen.any():  # arciform (zebra) enhancement of the early spleen
+        body_hu[spleen] += 25.0 * _smooth_noise(rng, coarse_tissue.shape, coarse_spacing_kji, 12.0)[spleen]
+    effects = config.acquisition_effects
+    cupping_hu = rng.uniform(*config.cupping_hu) if effects else 0.0
+    bias_hu = rng.uniform(*config.bias_hu) if effects else 0.0
+    low_frequency = -cupping_hu * cupping + bias_hu * _smooth_noise(rng, coarse_tissue.shape, coarse_spacing_kji, 120.0)
+    low_frequency[coarse_tissue == T["air"]] = 0.0
+    body_hu += low_frequency
+    # Smooth the coarse grid's steps before interpolation, by the resolution it lacks.
+    ratio = np.minimum(out_spacing / np.array(coarse.GetSpacing()), 1.0)[::-1]
+    step_sigma = 0.75 * np.sqrt(1.0 - ratio**2)
+    if step_sigma.max() > 0.1:
+        from scipy import ndimage
+
+        body_hu = ndimage.gaussian_filter(body_hu, step_sigma, mode="nearest", truncate=3.0)
+    return body_hu, low_frequency, dict(cupping_hu=round(cupping_hu, 1))
+
+
+def _paint_kidneys(rng, labels: sitk.Image, values: np.ndarray, tissues: np.ndarray, means, sds, frame: dict,
+                   lesions: dict, coarse: sitk.Image, low_frequency: np.ndarray | None) -> None:
+    """Write the kidney interior and lesions (HU and tissue ids) into the output arrays, in a crop around the labels."""
+    label_array = sitk.GetArrayViewFromImage(labels)
+    occupied = [np.flatnonzero(label_array.any(axis=tuple(b for b in range(3) if b != a))) for a in range(3)]
+    if not all(len(o) for o in occupied):
+        return
+    spacing_kji = np.array(labels.GetSpacing())[::-1]
+    crop = tuple(slice(int(o[0]), int(o[-1]) + 1) for o in occupied)
+    offset = np.array([c.start for c in crop])
+    labels_crop = np.ascontiguousarray(label_array[crop])
+
+    def lps_of(index):
+        kji = np.stack(index, axis=1) + offset
+        return index_to_physical(labels, kji[:, ::-1].astype(float))
+
+    index, kidney_tissue = _kidney_interior(rng, labels_crop, spacing_kji, lps_of, frame, lesions)
+    kidney_texture = _smooth_noise(rng, labels_crop.shape, spacing_kji, rng.uniform(2.0, 5.0))[index]
+    kidney_hu = means[kidney_tissue] + sds[kidney_tissue] * kidney_texture
+    if low_frequency is not None:  # the same low-frequency bias as the body, sampled at the kidney voxels
+        from scipy import ndimage
+
+        coarse_index = physical_to_index(coarse, lps_of(index)).T[::-1]
+        kidney_hu += ndimage.map_coordinates(low_frequency, coarse_index, order=1, mode="nearest").astype(np.float32)
+    global_index = tuple(ix + o for ix, o in zip(index, offset))
+    values[global_index] = kidney_hu
+    tissues[global_index] = kidney_tissue
+
+
+def _acquisition(rng, labels: sitk.Image, values: np.ndarray, tissues: np.ndarray, source_slice_spacing: float,
+                 randomized: bool, config: SynthesisConfig) -> tuple[np.ndarray, dict]:
+    """Blur, noise and reconstruction circle -> the int16 CT array, and the acquisition parameters drawn."""
+    out_spacing = np.array(labels.GetSpacing())
+    slice_axis = _slice_axis(labels)
+    thickness = max(source_slice_spacing, out_spacing[slice_axis]) * rng.uniform(*config.slice_thickness_factor)
+    fwhm = np.full(3, rng.uniform(*config.inplane_psf_fwhm_mm))
+    fwhm[slice_axis] = thickness
+    # Gaussian PSF convolved with the voxel's box (partial volume): sigma^2 = (FWHM/2.355)^2 + s^2/12
+    blur_ijk = np.sqrt((fwhm / 2.355) ** 2 + out_spacing**2 / 12.0) * (1.0 if not randomized else rng.uniform(0.5, 2.0))
+    noise_mm = np.full(3, rng.uniform(*config.noise_correlation_mm))
+    noise_mm[slice_axis] *= 0.6
+    noise_sd = rng.uniform(*config.noise_sd_hu) * (1.0 if not randomized else rng.uniform(0.3, 2.0))
+    fov = _fov_mask(labels, rng.uniform(0.92, 1.0)) if rng.random() < config.fov_circle_rate else None
+    if fov is not None:
+        fov = fov & (sitk.GetArrayViewFromImage(labels) == 0)  # the labels stay true: a labelled voxel is never cut away
+        tissues[fov] = T["air"]  # nothing is reconstructed outside the circle
+    drawn = dict(noise_sd_hu=round(noise_sd, 1), blur_sigma_mm=[round(float(b), 2) for b in blur_ijk],
+                 slice_thickness_mm=round(float(thickness), 2), fov_circle=fov is not None)
+    return _acquire(rng, values, out_spacing[::-1], np.maximum(blur_ijk, noise_mm)[::-1], noise_sd, fov), drawn
+
+
 # --- public API ---------------------------------------------------------------------------------
 
 def synthesize(labels: sitk.Image, seed: int, config: SynthesisConfig | None = None,
@@ -799,95 +940,44 @@ def synthesize(labels: sitk.Image, seed: int, config: SynthesisConfig | None = N
     rng = np.random.default_rng(seed)
     if labels.GetPixelID() != sitk.sitkUInt8:
         labels = sitk.Cast(labels, sitk.sitkUInt8)
-    source_spacing = np.array(labels.GetSpacing())
-    source_slice_spacing = float(source_spacing[_slice_axis(labels)])
+    source_slice_spacing = float(labels.GetSpacing()[_slice_axis(labels)])
     if spacing is not None:
-        grid = _grid_like(labels, spacing)
-        labels = sitk.Resample(labels, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+        labels = sitk.Resample(labels, _grid_like(labels, spacing), sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     out_spacing = np.array(labels.GetSpacing())
-    spacing_kji = out_spacing[::-1]
 
     phase = config.phase if config.phase != "random" else PHASES[int(rng.integers(2))]
     randomized = bool(rng.random() < config.domain_randomization_rate)
     means, sds, lesions = _draw_intensities(rng, config, phase, randomized)
     parameters = dict(seed=int(seed), phase=phase, domain_randomized=randomized, **lesions)
+    parameters["mean_hu"] = {name: round(float(means[T[name]]), 1) for name in TISSUE_NAMES}
 
-    # Procedural body on a coarse grid, then onto the output grid.
-    coarse_spacing = np.maximum(out_spacing, config.coarse_spacing_mm)
-    coarse = _grid_like(labels, tuple(coarse_spacing))
+    # 1. The procedural body on a coarse grid (>= 2.5 mm), placed from the kidneys' positions.
+    coarse = _grid_like(labels, tuple(np.maximum(out_spacing, config.coarse_spacing_mm)))
     coarse_labels = sitk.GetArrayFromImage(sitk.Resample(labels, coarse, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
-    frame = _anatomy_frame(_kidneys(coarse_labels, coarse), coarse)
+    frame = _anatomy_frame(_kidneys(coarse_labels, coarse), coarse, rng)
     parameters["midline_x_mm"] = round(frame["midline"], 1)
     coarse_tissue, extra = _body(rng, coarse, coarse_labels, frame, config, parameters)
-    texture = _smooth_noise(rng, coarse_tissue.shape, coarse_spacing[::-1], rng.uniform(3.0, 8.0))
-    body_hu = means[coarse_tissue] + sds[coarse_tissue] * texture
-    spleen = coarse_tissue == T["spleen"]
-    if phase == _CM and not randomized and spleen.any():  # arciform (zebra) enhancement of the early spleen
-        body_hu[spleen] += 25.0 * _smooth_noise(rng, coarse_tissue.shape, coarse_spacing[::-1], 12.0)[spleen]
-    effects = config.acquisition_effects
-    cupping_hu = rng.uniform(*config.cupping_hu) if effects else 0.0
-    bias_hu = rng.uniform(*config.bias_hu) if effects else 0.0
-    low_frequency = -cupping_hu * extra["cupping_radius"] + bias_hu * _smooth_noise(rng, coarse_tissue.shape, coarse_spacing[::-1], 120.0)
-    low_frequency[coarse_tissue == T["air"]] = 0.0
-    body_hu += low_frequency
-    del texture, spleen
-    # Smooth the coarse grid's steps before interpolation, by the resolution it lacks.
-    ratio = np.minimum(out_spacing / coarse_spacing, 1.0)[::-1]
-    step_sigma = 0.6 * np.sqrt(1.0 - ratio**2)
-    if step_sigma.max() > 0.1:
-        from scipy import ndimage
+    body_hu, low_frequency, drawn = _body_intensities(rng, coarse, coarse_tissue, extra["cupping_radius"], means, sds, phase,
+                                                      randomized, config, out_spacing)
 
-        body_hu = ndimage.gaussian_filter(body_hu, step_sigma, mode="nearest", truncate=3.0)
-
-    def to_output(array: np.ndarray, interpolator, pixel) -> sitk.Image:
+    # 2. Onto the output grid: intensities interpolated, tissue ids nearest.
+    def to_output(array: np.ndarray, interpolator, pixel, outside: float) -> np.ndarray:
         image = sitk.GetImageFromArray(array)
         image.CopyInformation(coarse)
-        outside = float(means[T["air"]]) if pixel == sitk.sitkFloat32 else float(T["air"])
-        return sitk.Resample(image, labels, sitk.Transform(), interpolator, outside, pixel, useNearestNeighborExtrapolator=True)
+        return sitk.GetArrayFromImage(sitk.Resample(image, labels, sitk.Transform(), interpolator, outside, pixel, useNearestNeighborExtrapolator=True))
 
-    values = sitk.GetArrayFromImage(to_output(body_hu, sitk.sitkLinear, sitk.sitkFloat32))
-    tissues = sitk.GetArrayFromImage(to_output(coarse_tissue, sitk.sitkNearestNeighbor, sitk.sitkUInt8))
+    values = to_output(body_hu, sitk.sitkLinear, sitk.sitkFloat32, float(means[T["air"]]))
+    tissues = to_output(coarse_tissue, sitk.sitkNearestNeighbor, sitk.sitkUInt8, float(T["air"]))
     del body_hu
 
-    # Kidney interior and lesions at full resolution, in a crop around the kidneys.
-    label_array = sitk.GetArrayViewFromImage(labels)
-    occupied = [np.flatnonzero(label_array.any(axis=tuple(b for b in range(3) if b != a))) for a in range(3)]
-    if all(len(o) for o in occupied):
-        crop = tuple(slice(int(o[0]), int(o[-1]) + 1) for o in occupied)
-        offset = np.array([c.start for c in crop])
-        labels_crop = np.ascontiguousarray(label_array[crop])
-
-        def lps_of(index):
-            kji = np.stack(index, axis=1) + offset
-            return index_to_physical(labels, kji[:, ::-1].astype(float))
-
-        index, kidney_tissue = _kidney_interior(rng, labels_crop, spacing_kji, lps_of, frame, lesions)
-        kidney_texture = _smooth_noise(rng, labels_crop.shape, spacing_kji, rng.uniform(2.0, 5.0))[index]
-        kidney_hu = means[kidney_tissue] + sds[kidney_tissue] * kidney_texture
-        if effects:  # the same low-frequency bias as the body, sampled at the kidney voxels
-            from scipy import ndimage
-
-            coarse_index = physical_to_index(coarse, lps_of(index)).T[::-1]
-            kidney_hu += ndimage.map_coordinates(low_frequency, coarse_index, order=1, mode="nearest").astype(np.float32)
-        global_index = tuple(ix + o for ix, o in zip(index, offset))
-        values[global_index] = kidney_hu
-        tissues[global_index] = kidney_tissue
+    # 3. Kidney interior and lesions at full resolution; 4. acquisition effects.
+    _paint_kidneys(rng, labels, values, tissues, means, sds, frame, lesions, coarse, low_frequency if config.acquisition_effects else None)
     del low_frequency
-
-    if effects:
-        thickness = max(source_slice_spacing, out_spacing[_slice_axis(labels)]) * rng.uniform(*config.slice_thickness_factor)
-        psf = rng.uniform(*config.inplane_psf_fwhm_mm)
-        fwhm = np.full(3, psf)
-        fwhm[_slice_axis(labels)] = thickness
-        # Gaussian PSF convolved with the voxel's box (partial volume): sigma^2 = (FWHM/2.355)^2 + s^2/12
-        blur_ijk = np.sqrt((fwhm / 2.355) ** 2 + out_spacing**2 / 12.0) * (1.0 if not randomized else rng.uniform(0.5, 2.0))
-        noise_mm = np.full(3, rng.uniform(*config.noise_correlation_mm))
-        noise_mm[_slice_axis(labels)] *= 0.6
-        noise_sd = rng.uniform(*config.noise_sd_hu) * (1.0 if not randomized else rng.uniform(0.3, 2.0))
-        fov = _fov_mask(labels, rng.uniform(0.92, 1.0)) if rng.random() < config.fov_circle_rate else None
-        parameters.update(noise_sd_hu=round(noise_sd, 1), blur_sigma_mm=[round(float(b), 2) for b in blur_ijk],
-                          slice_thickness_mm=round(float(thickness), 2), cupping_hu=round(cupping_hu, 1), fov_circle=fov is not None)
-        ct_array = _acquire(rng, values, spacing_kji, np.maximum(blur_ijk, noise_mm)[::-1], noise_sd, fov)
+    if config.acquisition_effects:
+        ct_array, acquisition = _acquisition(rng, labels, values, tissues, source_slice_spacing, randomized, config)
+        parameters.update(noise_sd_hu=acquisition["noise_sd_hu"], blur_sigma_mm=acquisition["blur_sigma_mm"],
+                          slice_thickness_mm=acquisition["slice_thickness_mm"], cupping_hu=drawn["cupping_hu"],
+                          fov_circle=acquisition["fov_circle"])
     else:
         ct_array = np.rint(np.clip(values, -1024, 3071)).astype(np.int16)
     del values
