@@ -1,0 +1,93 @@
+"""Training: the stage cache, the patch stream, the learning-rate schedule, fit/resume and overfitting."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import phantoms
+from RenalSegLib import training as T
+from RenalSegLib.network import NetworkConfig
+from RenalSegLib.synthesis import synthesize
+
+# A tiny fine-stage network on a coarser grid, so that fitting takes seconds on 2 CPU cores.
+TINY_FINE = replace(T.STAGES["fine"], filters=(8, 16, 32, 64), spacing_mm=3.0, patch_size=(32, 32, 32))
+
+
+@pytest.fixture
+def tiny_fine_stage(monkeypatch) -> NetworkConfig:
+    monkeypatch.setitem(T.STAGES, "fine", TINY_FINE)
+    return TINY_FINE
+
+
+@pytest.fixture
+def synthetic_cache(tmp_path: Path, tiny_fine_stage) -> Path:
+    """One synthetic CT (synthesised around the phantom's label map) cached for the fine stage."""
+    p = phantoms.kidney_phantom(size=(80, 64, 48), spacing=(3.0, 3.0, 3.0))
+
+    def load():
+        case = synthesize(p.labels, seed=3)
+        return case.ct, case.labels
+
+    written = T.prepare_cache([("case_a", load)], tmp_path / "cache", "fine", progress=False)
+    assert [w.name for w in written] == ["case_a_0.npz", "case_a_1.npz"]  # one volume per kidney
+    return tmp_path / "cache"
+
+
+def test_fixed_split_holds_out_every_tenth_case(tmp_path: Path) -> None:
+    for n in range(25):
+        (tmp_path / f"case_{n:05d}.nii.gz").touch()
+    train, validation = T.kits_case_split(tmp_path)
+    assert [v.name for v in validation] == ["case_00009.nii.gz", "case_00019.nii.gz"]
+    assert len(train) == 23 and not set(train) & set(validation)
+
+
+def test_cached_fine_volumes_hold_each_kidney_with_its_labels(synthetic_cache: Path) -> None:
+    for path in sorted(synthetic_cache.glob("*.npz")):
+        with np.load(path) as data:
+            assert data["ct"].dtype == np.int16 and data["labels"].dtype == np.uint8
+            assert data["ct"].shape == data["labels"].shape
+            assert (data["labels"] == 1).any()
+    with np.load(synthetic_cache / "case_a_0.npz") as a, np.load(synthetic_cache / "case_a_1.npz") as b:
+        assert {2, 3} <= set(np.unique(a["labels"])) | set(np.unique(b["labels"]))  # tumor and cyst kept
+
+
+def test_patch_batches_have_the_patch_size_and_oversample_lesions(synthetic_cache: Path) -> None:
+    stream = T.batches(T.CachePatches(synthetic_cache, TINY_FINE, seed=0), batch_size=2, workers=0)
+    lesion_patches = 0
+    for _ in range(10):
+        images, targets = next(stream)
+        assert images.shape == (2, 1, 32, 32, 32) and images.dtype == np.float32
+        assert targets.shape == (2, 1, 32, 32, 32)
+        lesion_patches += sum(bool(np.isin(t, (2, 3)).any()) for t in targets)
+    assert lesion_patches >= 8  # 65 % of patch centres lie in a lesion
+
+
+def test_learning_rate_warms_up_then_decays_to_one_percent() -> None:
+    options = T.FitOptions(steps=1000, warmup_steps=100, learning_rate=1e-3)
+    assert T.lr_at(0, 0.0, options) == pytest.approx(1e-5)
+    assert T.lr_at(99, 0.099, options) == pytest.approx(1e-3)
+    assert T.lr_at(550, 0.55, options) < 1e-3
+    assert T.lr_at(1000, 1.0, options) == pytest.approx(1e-5)
+
+
+def test_time_budget_ends_the_schedule_before_the_step_count() -> None:
+    options = T.FitOptions(steps=1000, time_budget_s=60.0)
+    assert T.training_progress(100, 30.0, options) == pytest.approx(0.5)
+    assert T.training_progress(900, 30.0, options) == pytest.approx(0.9)
+
+
+def test_fit_resumes_from_its_checkpoint(synthetic_cache: Path, tmp_path: Path) -> None:
+    options = T.FitOptions(stage="fine", cache_dir=str(synthetic_cache), run_dir=str(tmp_path / "run"), steps=4, warmup_steps=1,
+                           checkpoint_every=2, loader_workers=0, bf16=False)
+    checkpoint = T.fit(options)
+    assert torch.load(checkpoint, weights_only=True)["step"] == 4
+    T.fit(replace(options, steps=6))
+    assert torch.load(checkpoint, weights_only=True)["step"] == 6
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps)
