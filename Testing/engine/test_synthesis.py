@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -21,11 +23,11 @@ def _small_phantom_labels(direction=None) -> sitk.Image:
 @pytest.fixture(scope="module")
 def kits_crop() -> sitk.Image:
     """A downsampled crop around the kidneys of a real KiTS23 label map (first array axis = slice axis)."""
-    from conftest import KITS_LABELS
-
-    path = KITS_LABELS / "case_00002.nii.gz"
+    # Not the kits_labels_dir fixture: this fixture is module-scoped. Same place: ../shared beside the checkout.
+    kits_labels = Path(__file__).resolve().parents[3] / "shared" / "data" / "kits23" / "labels"
+    path = kits_labels / "case_00002.nii.gz"
     if not path.is_file():
-        pytest.skip(f"KiTS23 label maps not found at {KITS_LABELS}")
+        pytest.skip(f"KiTS23 label maps not found at {kits_labels} (the ../shared data of the development checkout)")
     labels = sitk.ReadImage(str(path))
     mask = sitk.GetArrayViewFromImage(labels) > 0
     k, j, i = (np.flatnonzero(mask.any(axis=tuple(b for b in range(3) if b != a))) for a in range(3))
