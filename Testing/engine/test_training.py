@@ -1,4 +1,4 @@
-"""Training: the stage cache, the patch stream, the learning-rate schedule, fit/resume and overfitting."""
+"""Training: the stage cache, the patch stream, the learning-rate schedule, the time budget and resume."""
 
 from __future__ import annotations
 
