@@ -27,9 +27,10 @@ log = logging.getLogger(__name__)
 WINDOW_HU, LEVEL_HU = 400.0, 40.0
 SLICE_MARGIN_MM = 25.0
 MAX_LESION_ROWS = 2
+MAX_TABLE_LESIONS = 5  # lesion rows that fit the page's table; smaller lesions are summed in one row (all are in the HTML/CSV)
 REVIEW_NOTE = ("Automatic segmentation and measurements: to be reviewed and confirmed by a clinician before any "
                "clinical use. Not a medical device.")
-FIGURE_SIZE_IN, FIGURE_DPI = (16.0, 11.3), 110
+FIGURE_SIZE_IN, FIGURE_DPI = (16.0, 12.2), 110
 COMPONENT_NAMES = {"R": "Radius", "E": "Exophytic", "N": "Nearness to sinus", "A": "Anterior/posterior", "L": "Location (polar lines)"}
 
 
@@ -66,7 +67,7 @@ def _figure(anatomy: Anatomy, rows: list[dict], scores: list[dict], title: str):
     import matplotlib.pyplot as plt
 
     figure = plt.figure(figsize=FIGURE_SIZE_IN)
-    grid = figure.add_gridspec(5, 4, height_ratios=[0.55, 3.0, 3.0, 1.75, 1.45], hspace=0.3, wspace=0.08,
+    grid = figure.add_gridspec(5, 4, height_ratios=[0.55, 3.0, 3.0, 1.75, 2.2], hspace=0.3, wspace=0.08,
                                left=0.02, right=0.98, top=0.975, bottom=0.015)
     header = figure.add_subplot(grid[0, :])
     header.axis("off")
@@ -365,10 +366,18 @@ def _fmt(value, digits: int = 1) -> str:
     return f"{value:.{digits}f}"
 
 
+def table_rows(rows: list[dict], max_lesions: int = MAX_TABLE_LESIONS) -> tuple[list[dict], list[dict]]:
+    """(rows shown on the page, lesion rows summed into one line): every kidney and the largest lesions."""
+    kidneys = [r for r in rows if r["kind"] == "kidney"]
+    lesions = sorted((r for r in rows if r["kind"] != "kidney"), key=lambda r: -r["volume_ml"])
+    return kidneys + lesions[:max_lesions], lesions[max_lesions:]
+
+
 def _measurement_table(axis, rows: list[dict], anatomy: Anatomy) -> None:
     header = ["Structure", "Kidney / pole", "Volume (mL)", "Max diameter (mm)", "Axes (mm)", "HU mean ± SD", "Sphericity", "Lesion / kidney"]
     cells, colours = [], []
-    for row in rows:
+    shown, hidden = table_rows(rows)
+    for row in shown:
         where = "-" if row["kind"] == "kidney" else f"{(row['kidney'] or '?').split()[0].lower()}, {row['pole'] or '?'} pole"
         volume_text = _fmt(row["volume_ml"]) + (f" (with lesions {row['volume_with_lesions_ml']:.1f})" if row["volume_with_lesions_ml"] else "")
         hu = "-" if row["hu_mean"] is None else f"{row['hu_mean']:.0f} ± {row['hu_std']:.0f}"
@@ -377,10 +386,16 @@ def _measurement_table(axis, rows: list[dict], anatomy: Anatomy) -> None:
                       hu, _fmt(row["sphericity"], 2), ratio])
         segment = SEGMENT_BY_NAME.get(row["structure"]) or SEGMENT_BY_NAME[" ".join(row["structure"].split()[:2])]
         colours.append(segment.color)
+    if hidden:
+        volume = sum(r["volume_ml"] for r in hidden)
+        largest = max(r["volume_ml"] for r in hidden)
+        cells.append([f"+ {len(hidden)} smaller lesions", "see report.html", f"{volume:.1f} in total (each <= {largest:.1f})", "", "", "", "", ""])
+        colours.append((0.9, 0.9, 0.9))
     axis.text(0.0, 1.0, "Measurements (kidney volume = parenchyma; lesions = connected components)", fontsize=12.5, weight="bold", va="top")
     if not cells:
         return
-    table = axis.table(cellText=cells, colLabels=header, cellLoc="left", colLoc="left", bbox=[0.0, 0.12, 1.0, 0.74],
+    height = 0.078 * (len(cells) + 1)  # fixed row height: a short table is not stretched over the panel
+    table = axis.table(cellText=cells, colLabels=header, cellLoc="left", colLoc="left", bbox=[0.0, 0.87 - height, 1.0, height],
                        colWidths=[0.12, 0.14, 0.2, 0.11, 0.12, 0.11, 0.08, 0.12])
     table.auto_set_font_size(False)
     table.set_fontsize(9.5)

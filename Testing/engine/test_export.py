@@ -57,6 +57,18 @@ def test_report_is_one_page_png_and_a_self_contained_html(phantom, tmp_path) -> 
     assert "patient&#x27;s right is on the image left" in text or "patient's right is on the image left" in text
 
 
+def test_report_page_lists_kidneys_and_largest_lesions_and_sums_the_rest() -> None:
+    from RenalSegLib.report import MAX_TABLE_LESIONS, table_rows
+
+    kidneys = [{"structure": f"{side} kidney", "kind": "kidney", "volume_ml": 150.0} for side in ("Right", "Left")]
+    lesions = [{"structure": f"Renal tumor {n}", "kind": "tumor", "volume_ml": v} for n, v in enumerate([0.2, 9.0, 0.1, 4.0, 3.0, 1.0, 2.0, 0.5], 1)]
+    shown, hidden = table_rows(kidneys + lesions)
+    assert shown[:2] == kidneys and len(shown) == 2 + MAX_TABLE_LESIONS
+    assert [r["volume_ml"] for r in shown[2:]] == sorted((r["volume_ml"] for r in lesions), reverse=True)[:MAX_TABLE_LESIONS]
+    assert sorted(r["volume_ml"] for r in hidden) == sorted(r["volume_ml"] for r in lesions)[: len(lesions) - MAX_TABLE_LESIONS]
+    assert table_rows(kidneys + lesions[:2]) == (kidneys + [lesions[1], lesions[0]], [])
+
+
 def test_3d_view_renders_offscreen_or_falls_back(phantom) -> None:
     from RenalSegLib import measure, report
 
