@@ -31,8 +31,11 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
 
 def _add_segment(sub) -> None:
     p = sub.add_parser("segment", help="auto-segment kidneys, tumors and cysts in a CT")
-    p.add_argument("ct", help="CT: NIfTI/NRRD/MetaImage file or DICOM folder")
-    p.add_argument("-o", "--output", required=True, help="output KiTS label map (.nii.gz, .nrrd, .mha): 1 kidney, 2 tumor, 3 cyst")
+    p.add_argument("ct", help="CT: NIfTI/NRRD/MetaImage file or DICOM folder (with --batch: a folder of CT files)")
+    p.add_argument("-o", "--output", required=True, help="output KiTS label map (.nii.gz, .nrrd, .mha): 1 kidney, 2 tumor, 3 cyst "
+                   "(with --batch: a folder, one NAME.nii.gz per input CT)")
+    p.add_argument("--batch", action="store_true", help="segment every CT file in the folder CT, loading the model once; "
+                   "label maps already in the output folder are kept")
     p.add_argument("--stl", metavar="DIR", help="also write one STL mesh per segment into DIR")
     p.add_argument("--fast", action="store_true", help="less window overlap: faster, slightly less accurate")
     p.add_argument("--model", help="model file (default: the bundled model)")
@@ -60,6 +63,8 @@ def _run_segment(args: argparse.Namespace) -> int:
 
     output = Path(args.output)
     resolve_device(args.device)  # a missing GPU is reported before any work
+    if args.batch:
+        return _segment_folder(Path(args.ct), output, args)
     ct = read_volume(args.ct)
     progress, close = _tqdm_progress("segmenting")
     try:
@@ -73,6 +78,30 @@ def _run_segment(args: argparse.Namespace) -> int:
 
         for path in export_meshes(segment_map(labels, body_midline_x(ct)), args.stl):
             print(f"mesh:   {path}")
+    return 0
+
+
+def _segment_folder(folder: Path, out_dir: Path, args: argparse.Namespace) -> int:
+    """``segment --batch``: every CT file of ``folder`` -> ``out_dir/NAME.nii.gz``, one model load."""
+    from tqdm import tqdm
+
+    from .inference import Segmenter, segment
+    from .volume import IMAGE_SUFFIXES, case_name, read_volume, write_labels
+
+    if args.stl:
+        raise RenalSegError("--stl is for one CT; use 'renalseg export' on the batch's label maps")
+    if not folder.is_dir():
+        raise RenalSegError(f"{folder}: with --batch, CT must be a folder of CT files")
+    cases = {case_name(f): f for f in sorted(folder.iterdir()) if f.is_file() and not f.name.startswith(".") and case_name(f)}
+    if not cases:
+        raise RenalSegError(f"{folder}: no CT files ({', '.join(IMAGE_SUFFIXES)})")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    segmenter = Segmenter.load(args.model, args.device, args.fast)
+    todo = {name: path for name, path in cases.items() if not (out_dir / f"{name}.nii.gz").exists()}
+    for name, path in tqdm(todo.items(), desc="segmenting", unit="CT"):
+        ct = read_volume(path)
+        write_labels(segment(ct, segmenter=segmenter), out_dir / f"{name}.nii.gz", ct)
+    print(f"labels: {len(todo)} written, {len(cases) - len(todo)} already there, in {out_dir}")
     return 0
 
 

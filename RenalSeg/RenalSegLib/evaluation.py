@@ -33,10 +33,10 @@ from .clicksim import Click, missed_lesion_clicks, next_click
 from .errors import RenalSegError
 from .labels import CYST, HEC_REGIONS, LESION_LABELS, SURFACE_DICE_TOLERANCE_MM, TUMOR, region_mask
 from .outputs import atomic_path
+from .volume import LABEL_SUFFIXES, case_name
 
 HEC_NAMES = tuple(HEC_REGIONS)
 _FULL = ndimage.generate_binary_structure(3, 3)  # lesion components: 26-connected
-_LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 Refine = Callable[[list[Click]], np.ndarray]  # clicks so far -> KiTS label prediction (k, j, i)
 
 
@@ -133,27 +133,19 @@ def evaluate_case(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -
 
 # --- folders, summary, reports ----------------------------------------------------------------------
 
-def _case_name(path: Path) -> str | None:
-    name = path.name
-    for suffix in _LABEL_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return None
-
-
 def label_files(folder: Path, role: str) -> dict[str, Path]:
     if not folder.is_dir():
         raise RenalSegError(f"{folder}: {role} folder not found")
     files: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        case = _case_name(path)
+        case = case_name(path, LABEL_SUFFIXES)
         if case is None or not path.is_file() or path.name.startswith("."):
             continue
         if case in files:
             raise RenalSegError(f"{folder}: two {role} files for case {case!r} ({files[case].name}, {path.name})")
         files[case] = path
     if not files:
-        raise RenalSegError(f"{folder}: no label maps ({', '.join(_LABEL_SUFFIXES)}) in the {role} folder")
+        raise RenalSegError(f"{folder}: no label maps ({', '.join(LABEL_SUFFIXES)}) in the {role} folder")
     return files
 
 

@@ -28,6 +28,13 @@ MAX_VOXELS = 2048 * 2048 * 2000
 _LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
 
 
+def case_name(path: str | os.PathLike, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> str | None:
+    """A volume file's case name: its file name without the image suffix (None if it has none of ``suffixes``)."""
+    name = Path(path).name
+    suffix = _suffix(Path(path))
+    return name[: -len(suffix)] if suffix in suffixes and len(name) > len(suffix) else None
+
+
 def _suffix(path: Path) -> str:
     name = path.name.lower()
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()

@@ -76,3 +76,19 @@ def test_segment_writes_labels_with_the_ct_geometry(tmp_path: Path, untrained_mo
     assert labels.GetSize() == p.ct.GetSize()
     np.testing.assert_allclose(labels.GetDirection(), p.ct.GetDirection(), atol=1e-6)
     np.testing.assert_allclose(labels.GetOrigin(), p.ct.GetOrigin(), atol=1e-4)
+
+
+def test_segment_batch_writes_one_label_map_per_ct_and_keeps_existing(tmp_path: Path, untrained_model: Path, capsys) -> None:
+    cts = tmp_path / "cts"
+    cts.mkdir()
+    shapes = {"case_a": (40, 36, 24), "case_b": (36, 40, 20)}
+    for name, size in shapes.items():
+        sitk.WriteImage(phantoms.kidney_phantom(size=size, spacing=(5.0, 5.5, 7.0), scale=0.8).ct, str(cts / f"{name}.nii.gz"))
+    (cts / "notes.txt").write_text("not a CT")
+    args = ["segment", str(cts), "-o", str(tmp_path / "labels"), "--batch", "--model", str(untrained_model), "--device", "cpu"]
+    assert cli.main(args) == 0
+    for name, size in shapes.items():
+        assert sitk.ReadImage(str(tmp_path / "labels" / f"{name}.nii.gz")).GetSize() == size
+    assert "2 written, 0 already there" in capsys.readouterr().out
+    assert cli.main(args) == 0
+    assert "0 written, 2 already there" in capsys.readouterr().out

@@ -91,3 +91,16 @@ def test_fit_resumes_from_its_checkpoint(synthetic_cache: Path, tmp_path: Path) 
     assert torch.load(checkpoint, weights_only=True)["step"] == 6
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert steps == sorted(steps)
+
+
+def test_fit_overfits_one_synthetic_case(synthetic_cache: Path, tmp_path: Path) -> None:
+    """The whole training path (worker sampling, bf16 where supported, click rounds) learns one case to Dice > 0.9."""
+    options = T.FitOptions(stage="fine", cache_dir=str(synthetic_cache), run_dir=str(tmp_path / "run"), steps=250, warmup_steps=20,
+                           learning_rate=1e-2, checkpoint_every=1000, click_rate=0.2, loader_workers=1, seed=1, threads=1)
+    threads = torch.get_num_threads()
+    try:
+        model, config = T.train_from_checkpoint(T.fit(options), "fine")
+    finally:
+        torch.set_num_threads(threads)  # fit sets the process-wide thread count
+    scores = T.validate(model, config, synthetic_cache, ["case_a"], torch.autocast("cpu", enabled=False), window=TINY_FINE.patch_size[0])
+    assert min(scores.values()) > 0.9, scores
