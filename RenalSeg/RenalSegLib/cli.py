@@ -183,7 +183,7 @@ def _add_train(sub) -> None:
     fit.add_argument("--cache", required=True)
     fit.add_argument("--run", required=True, help="run folder: checkpoints and log.jsonl")
     fit.add_argument("--steps", type=int, default=10_000)
-    fit.add_argument("--minutes", type=float, default=0.0, help="training-time budget: the schedule ends after this many minutes (or --steps)")
+    fit.add_argument("--minutes", type=float, default=0.0, help="total training-time budget of the run, earlier sittings of a resumed run included: the schedule ends after this many minutes (or --steps)")
     fit.add_argument("--batch-size", type=int, default=2)
     fit.add_argument("--lr", type=float, default=2e-3)
     fit.add_argument("--labels", help="KiTS label folder: its validation cases are held out and used for validation")

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
 KIDNEY_MARGIN_MM = 20.0  # context added around each coarse kidney region before the fine stage
 MIN_KIDNEY_ML = 15.0  # coarse components smaller than this are not kidneys
-MIN_LESION_ML = 0.05  # lesion components smaller than this are noise
+MIN_LESION_ML = 0.5  # lesion components smaller than this are noise (tuned on training-split synthetic cases)
+MAX_KIDNEYS = 2  # kidney-and-masses components kept, those with the most kidney voxels
 
 
 class Cancelled(Exception):
@@ -142,7 +143,8 @@ def _merge_overlapping(boxes):
 
 
 def postprocess(kits: np.ndarray, spacing) -> np.ndarray:
-    """Clean a KiTS label array: keep kidney-and-masses components that contain kidney, drop tiny lesions.
+    """Clean a KiTS label array: keep the (at most two) kidney-and-masses components with the most kidney
+    tissue, and turn lesions under ``MIN_LESION_ML`` into kidney.
 
     A lesion is kept only when it touches kidney tissue (inside or adjacent), as renal masses do.
     """
@@ -152,10 +154,12 @@ def postprocess(kits: np.ndarray, spacing) -> np.ndarray:
     out = kits.copy()
     components, count = ndimage.label(out > 0)
     if count:
-        has_kidney = ndimage.maximum(out == L.KIDNEY, components, index=np.arange(1, count + 1)).astype(bool)
-        sizes = ndimage.sum(np.ones_like(out, dtype=bool), components, index=np.arange(1, count + 1)) * voxel_ml
+        index = np.arange(1, count + 1)
+        kidney_ml = ndimage.sum(out == L.KIDNEY, components, index) * voxel_ml
+        sizes = ndimage.sum(np.ones_like(out, dtype=bool), components, index) * voxel_ml
+        candidates = [c for c in np.argsort(-kidney_ml, kind="stable") if kidney_ml[c] > 0 and sizes[c] >= MIN_KIDNEY_ML / 3]
         keep = np.zeros(count + 1, bool)
-        keep[1:] = has_kidney & (sizes >= MIN_KIDNEY_ML / 3)
+        keep[np.array(candidates[:MAX_KIDNEYS], int) + 1] = True
         out[~keep[components]] = L.BACKGROUND
     lesions, count = ndimage.label(np.isin(out, L.LESION_LABELS))
     if count:

@@ -68,10 +68,23 @@ def test_postprocess_removes_lesions_away_from_kidneys_and_tiny_specks() -> None
     kits[10:15, 20:30, 10:15] = L.TUMOR  # touches and extends the kidney: kept
     kits[32:38, 32:38, 32:38] = L.TUMOR  # floating far from any kidney: removed
     kits[7, 7, 7] = L.CYST  # one-voxel cyst inside the kidney: becomes kidney
+    kits[20:24, 10:13, 10:13] = L.CYST  # 36 voxels of 8 uL = 0.29 mL, under MIN_LESION_ML: becomes kidney
     out = I.postprocess(kits, spacing=(2.0, 2.0, 2.0))
     assert (out[10:15, 20:30, 10:15] == L.TUMOR).all()
     assert not out[32:38, 32:38, 32:38].any()
     assert out[7, 7, 7] == L.KIDNEY
+    assert (out[20:24, 10:13, 10:13] == L.KIDNEY).all()
+
+
+def test_postprocess_keeps_the_two_components_with_most_kidney() -> None:
+    kits = np.zeros((40, 60, 60), np.uint8)
+    kits[5:25, 5:20, 5:20] = L.KIDNEY  # 4500 voxels of 8 uL = 36 mL
+    kits[5:25, 5:20, 40:55] = L.KIDNEY  # the other kidney
+    kits[30:38, 30:55, 5:55] = L.TUMOR  # large mass component with a little kidney: third by kidney tissue
+    kits[30:32, 30:32, 5:7] = L.KIDNEY
+    out = I.postprocess(kits, spacing=(2.0, 2.0, 2.0))
+    np.testing.assert_array_equal(out[:26], kits[:26])
+    assert not out[30:38].any()
 
 
 def test_kidney_regions_from_a_segmenter_cover_both_kidneys() -> None:
