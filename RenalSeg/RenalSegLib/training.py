@@ -278,6 +278,7 @@ def lr_at(step: int, progress: float, options: FitOptions) -> float:
 
 def fit(options: FitOptions) -> Path:
     """Train one stage's network; resumes from ``run_dir/last.pt`` if present. Returns the checkpoint path."""
+    _check_same_held_out_cases(options)
     import torch
     from monai.losses import DiceCELoss
 
@@ -362,6 +363,16 @@ def fit(options: FitOptions) -> Path:
     if distributed:
         torch.distributed.destroy_process_group()
     return checkpoint
+
+
+def _check_same_held_out_cases(options: FitOptions) -> None:
+    """A resumed run must hold out the cases it held out before, or validation cases leak into training."""
+    saved = Path(options.run_dir) / "options.json"
+    if (Path(options.run_dir) / "last.pt").is_file() and saved.is_file():
+        before = set(json.loads(saved.read_text()).get("validation_cases", []))
+        if before != set(options.validation_cases):
+            raise RenalSegError(f"{options.run_dir} was trained holding out {len(before)} validation case(s), this run holds out "
+                                f"{len(options.validation_cases)}: resume it with the same --labels")
 
 
 def _unwrap(model):

@@ -12,6 +12,7 @@ import torch
 
 import phantoms
 from RenalSegLib import training as T
+from RenalSegLib.errors import RenalSegError
 from RenalSegLib.network import NetworkConfig
 from RenalSegLib.synthesis import synthesize
 
@@ -91,6 +92,9 @@ def test_fit_resumes_from_its_checkpoint(synthetic_cache: Path, tmp_path: Path) 
     assert torch.load(checkpoint, weights_only=True)["step"] == 6
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert steps == sorted(steps)
+    with pytest.raises(RenalSegError, match="holding out 0 validation case"):
+        T.fit(replace(options, steps=8, validation_cases=["case_00009_v0"]))  # a different held-out set: refused
+    assert torch.load(checkpoint, weights_only=True)["step"] == 6
 
 
 def test_fit_overfits_one_synthetic_case(synthetic_cache: Path, tmp_path: Path) -> None:
