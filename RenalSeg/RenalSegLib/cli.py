@@ -258,6 +258,12 @@ def sample_ct_path() -> Path:
     return path
 
 
+def sample_labels_path() -> Path:
+    """The bundled sample's reference KiTS label map (the real label map its CT was synthesised around)."""
+    ct_path = sample_ct_path()
+    return ct_path.with_name(ct_path.name.replace("_ct", "_labels"))
+
+
 # --- demo ------------------------------------------------------------------------------------------
 
 def _add_demo(sub) -> None:
@@ -296,7 +302,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         close()
     for path in written:
         print(f"  {path}")
-    reference_path = ct_path.with_name(ct_path.name.replace("_ct", "_labels"))
+    reference_path = sample_labels_path()
     if reference_path.is_file():
         import SimpleITK as sitk
 

@@ -201,12 +201,11 @@ def test_real_engine_end_to_end_on_the_bundled_sample(scene):
     Runs on the bundled sample (a synthetic CT around a real KiTS23 label map), the kind of image the
     model was trained for; a geometric toy phantom is not.
     """
-    from RenalSegLib.cli import sample_ct_path
+    from RenalSegLib.cli import sample_ct_path, sample_labels_path
 
     _real_model_or_skip()
-    ct_path = sample_ct_path()
-    ct = volume.read_volume(ct_path)
-    reference = sitk.GetArrayFromImage(sitk.ReadImage(str(ct_path).replace("_ct.", "_labels.")))
+    ct = volume.read_volume(sample_ct_path())
+    reference = sitk.GetArrayFromImage(sitk.ReadImage(str(sample_labels_path())))
     volume_node = io.add_volume_node(scene, ct)
     result = RenalSegLogic(scene).process(volume_node, settings=SegmentationSettings(device="cpu", fast=True))
     segmentation = result.segmentation_node.GetSegmentation()
