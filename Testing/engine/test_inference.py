@@ -95,3 +95,17 @@ def test_kidney_regions_from_a_segmenter_cover_both_kidneys() -> None:
     for start, stop in regions:
         covered[tuple(slice(int(a), int(b)) for a, b in zip(reversed(start), reversed(stop)))] = True
     assert covered[kits > 0].all()
+
+
+def test_postprocess_is_the_same_wherever_the_labels_lie_in_the_ct() -> None:
+    kits = np.zeros((40, 40, 40), np.uint8)
+    kits[5:25, 5:25, 5:25] = L.KIDNEY
+    kits[20:24, 10:13, 10:13] = L.CYST  # small: becomes kidney
+    kits[10:15, 20:30, 10:15] = L.TUMOR
+    big = np.zeros((90, 100, 110), np.uint8)
+    big[30:70, 50:90, 11:51] = kits
+    expected = I.postprocess(kits, spacing=(2.0, 2.0, 2.0))
+    out = I.postprocess(big, spacing=(2.0, 2.0, 2.0))
+    np.testing.assert_array_equal(out[30:70, 50:90, 11:51], expected)
+    assert out.sum() == expected.sum()
+    assert not I.postprocess(np.zeros((5, 6, 7), np.uint8), spacing=(1.0, 1.0, 1.0)).any()
