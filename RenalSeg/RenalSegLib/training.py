@@ -387,11 +387,10 @@ def _save_checkpoint(path: Path, model, optimizer, step: int, elapsed_s: float) 
     os.replace(tmp, path)
 
 
-def validate(model, config: NetworkConfig, cache_dir: Path, names: list[str], autocast, window: int = 96) -> dict[str, float]:
+def validate(model, config: NetworkConfig, cache_dir: Path, names: list[str], autocast) -> dict[str, float]:
     """Mean Dice per KiTS region (fine) or of the kidney mask (coarse) on held-out cached volumes.
 
-    ``window`` is the sliding-window size (inference uses 96); instance normalisation makes a network
-    sensitive to windows much larger than its training patches, so tiny test networks pass their patch size.
+    Sliding windows of the training patch size, as in inference (instance norms are sensitive to the window).
     """
     import torch
     from monai.inferers import sliding_window_inference
@@ -406,7 +405,7 @@ def validate(model, config: NetworkConfig, cache_dir: Path, names: list[str], au
             x = torch.zeros((1, config.in_channels, *image.shape))
             x[0, 0] = torch.from_numpy(image)
             with autocast:
-                logits = sliding_window_inference(x, (window,) * 3, 1, model, overlap=0.25, mode="gaussian", padding_mode="constant")
+                logits = sliding_window_inference(x, config.patch_size, 1, model, overlap=0.25, mode="gaussian", padding_mode="constant")
             prediction = logits.float().argmax(1)[0].numpy()
             regions = L.HEC_REGIONS if config.out_channels == 4 else {"kidney_and_masses": (1,)}
             for region, values in regions.items():
