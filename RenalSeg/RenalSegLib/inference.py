@@ -21,7 +21,7 @@ import SimpleITK as sitk
 from . import labels as L
 from .errors import RenalSegError
 from .network import minimum_input_multiple
-from .preprocess import grid_for_image, grid_for_region, normalize_ct, resample_onto
+from .preprocess import grid_for_image, grid_for_region, index_box_covering, normalize_ct, resample_onto
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +92,7 @@ class Segmenter:
         for label in list(stats.GetLabels())[:3]:  # two kidneys, or a kidney split by a large mass
             box = stats.GetBoundingBox(label)
             corners = [grid.TransformIndexToPhysicalPoint([int(box[a] + box[a + 3] * c) for a, c in zip(range(3), corner)]) for corner in np.ndindex(2, 2, 2)]
-            index = np.array([ct.TransformPhysicalPointToContinuousIndex(p) for p in corners])
-            margin = KIDNEY_MARGIN_MM / np.array(ct.GetSpacing())
-            start = np.clip(np.floor(index.min(0) - margin), 0, None).astype(int)
-            stop = np.minimum(np.ceil(index.max(0) + margin) + 1, ct.GetSize()).astype(int)
-            boxes.append((start, stop))
+            boxes.append(index_box_covering(ct, corners, KIDNEY_MARGIN_MM / np.array(ct.GetSpacing())))
         return _merge_overlapping(boxes)
 
     def segment_region(self, ct: sitk.Image, start, stop) -> np.ndarray:

@@ -92,20 +92,15 @@ def _under_grid(image: sitk.Image, grid: sitk.Image, margin_mm: float) -> sitk.I
     """The sub-image of ``image`` that covers ``grid`` grown by ``margin_mm`` (the whole image if it all does)."""
     size = np.array(grid.GetSize())
     corners = [grid.TransformContinuousIndexToPhysicalPoint((np.array(c) * size - 0.5).tolist()) for c in np.ndindex(2, 2, 2)]
-    index = np.array([image.TransformPhysicalPointToContinuousIndex(p) for p in corners])
-    margin = margin_mm / np.array(image.GetSpacing()) + 1  # + 1: the interpolator's neighbours
-    start = np.clip(np.floor(index.min(0) - margin), 0, None).astype(int)
-    stop = np.minimum(np.ceil(index.max(0) + margin) + 1, image.GetSize()).astype(int)
+    start, stop = index_box_covering(image, corners, margin_mm / np.array(image.GetSpacing()) + 1)  # + 1: the interpolator's neighbours
     if np.any(stop <= start) or (np.all(start == 0) and np.all(stop == image.GetSize())):
         return image
     return sitk.RegionOfInterest(image, (stop - start).tolist(), start.tolist())
 
 
-def crop_index_box(mask: np.ndarray, margin_vox, shape) -> tuple[np.ndarray, np.ndarray] | None:
-    """(start, stop) (k, j, i) box of the true voxels of ``mask`` grown by ``margin_vox``, clipped to ``shape``."""
-    where = np.argwhere(mask)
-    if len(where) == 0:
-        return None
-    start = np.maximum(where.min(0) - np.asarray(margin_vox), 0)
-    stop = np.minimum(where.max(0) + 1 + np.asarray(margin_vox), shape)
-    return start.astype(int), stop.astype(int)
+def index_box_covering(image: sitk.Image, points_lps, margin_vox) -> tuple[np.ndarray, np.ndarray]:
+    """(start, stop) (i, j, k) index box of ``image`` covering physical points grown by ``margin_vox``, clipped to it."""
+    index = np.array([image.TransformPhysicalPointToContinuousIndex(p) for p in points_lps])
+    start = np.clip(np.floor(index.min(0) - margin_vox), 0, None).astype(int)
+    stop = np.minimum(np.ceil(index.max(0) + margin_vox) + 1, image.GetSize()).astype(int)
+    return start, stop
