@@ -277,7 +277,11 @@ def lr_at(step: int, progress: float, options: FitOptions) -> float:
 
 
 def fit(options: FitOptions) -> Path:
-    """Train one stage's network; resumes from ``run_dir/last.pt`` if present. Returns the checkpoint path."""
+    """Train one stage's network; resumes from ``run_dir/last.pt`` if present. Returns the checkpoint path.
+
+    With validation cases, the weights of the best validation so far (mean Dice over the regions) are
+    kept in ``run_dir/best.pt`` beside ``last.pt``.
+    """
     _check_same_held_out_cases(options)
     import torch
     from monai.losses import DiceCELoss
@@ -357,6 +361,8 @@ def fit(options: FitOptions) -> Path:
             log_file.write(json.dumps({"step": step, "validation": scores}) + "\n")
             log_file.flush()
             log.info("step %d validation %s", step, scores)
+            if _keep_if_best(run_dir / "best.pt", model, step, scores):
+                log.info("step %d is the best validation so far: %s", step, run_dir / "best.pt")
             model.train()
             started = time.time()
     log_file.close()
@@ -385,6 +391,19 @@ def _save_checkpoint(path: Path, model, optimizer, step: int, elapsed_s: float) 
     tmp = path.with_name(".partial-" + path.name)
     torch.save({"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "step": step, "elapsed_s": elapsed_s}, tmp)
     os.replace(tmp, path)
+
+
+def _keep_if_best(path: Path, model, step: int, scores: dict[str, float]) -> bool:
+    """Save the weights to ``path`` when their mean validation Dice beats the one saved there (survives resume)."""
+    import torch
+
+    score = float(np.mean(list(scores.values())))
+    if path.is_file() and torch.load(path, map_location="cpu", weights_only=True)["score"] >= score:
+        return False
+    tmp = path.with_name(".partial-" + path.name)
+    torch.save({"model": _unwrap(model).state_dict(), "step": step, "score": score, "validation": scores}, tmp)
+    os.replace(tmp, path)
+    return True
 
 
 def validate(model, config: NetworkConfig, cache_dir: Path, names: list[str], autocast) -> dict[str, float]:

@@ -97,6 +97,20 @@ def test_fit_resumes_from_its_checkpoint(synthetic_cache: Path, tmp_path: Path) 
     assert torch.load(checkpoint, weights_only=True)["step"] == 6
 
 
+def test_fit_keeps_the_best_validation_beside_the_last(synthetic_cache: Path, tmp_path: Path, monkeypatch) -> None:
+    scores = iter([{"kidney_and_masses": 0.5}, {"kidney_and_masses": 0.7}, {"kidney_and_masses": 0.6}])
+    monkeypatch.setattr(T, "validate", lambda *args: next(scores))
+    options = T.FitOptions(stage="fine", cache_dir=str(synthetic_cache), run_dir=str(tmp_path / "run"), steps=4, warmup_steps=1,
+                           checkpoint_every=2, validate_every=2, validation_cases=["case_unseen"], loader_workers=0, bf16=False)
+    T.fit(options)  # validates at steps 2 and 4
+    T.fit(replace(options, steps=6))  # resumed: validates at 6 with a worse score
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    assert (best["step"], best["score"]) == (4, 0.7)
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["step"] == 6
+    model, _ = T.train_from_checkpoint(tmp_path / "run" / "best.pt", "fine")  # bundles like last.pt
+    assert model is not None
+
+
 def test_fit_overfits_one_synthetic_case(synthetic_cache: Path, tmp_path: Path) -> None:
     """The whole training path (worker sampling, bf16 where supported, click rounds) learns one case to Dice > 0.9."""
     options = T.FitOptions(stage="fine", cache_dir=str(synthetic_cache), run_dir=str(tmp_path / "run"), steps=250, warmup_steps=20,
