@@ -372,6 +372,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _run_interactive_evaluation(args: argparse.Namespace) -> int:
+    import numpy as np
     import SimpleITK as sitk
 
     from .evaluation import label_files, format_interactive_table, interactive_evaluation
@@ -392,12 +393,20 @@ def _run_interactive_evaluation(args: argparse.Namespace) -> int:
         sessions[name] = (ct, sitk.GetArrayFromImage(read_labels(predictions[name])))
         cases.append((name, sitk.GetArrayFromImage(read_labels(references[name])), ct.GetSpacing()[::-1]))
 
+    opened: dict[str, list] = {}
+
     def make_refine(name: str, method: str):
         ct, auto = sessions[name]
-        return click_refiner(RefinementSession(ct, auto, segmenter=segmenter, guidance=method))
+        session = RefinementSession(ct, auto, segmenter=segmenter, guidance=method)
+        opened.setdefault(method, []).append(session)
+        return click_refiner(session)
 
     result = interactive_evaluation(cases, make_refine, progress=True)
     print(format_interactive_table(result))
+    for method, opened_sessions in opened.items():
+        seconds = np.concatenate([s.click_seconds for s in opened_sessions])
+        result["methods"][method]["click_seconds"] = {"clicks": len(seconds), "median": float(np.median(seconds)), "p95": float(np.percentile(seconds, 95))}
+        print(f"click latency ({method}, {len(seconds)} clicks): median {np.median(seconds):.3f} s, p95 {np.percentile(seconds, 95):.3f} s")
     if args.json:
         with atomic_path(args.json) as tmp:
             tmp.write_text(json.dumps(result, indent=2, default=float))

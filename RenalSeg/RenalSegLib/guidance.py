@@ -71,7 +71,7 @@ def encode_clicks(
         return guidance
     if method == "adaptive":
         image = image.astype(np.float32, copy=False)
-        half = np.ceil(MAX_RADIUS_MM / spacing).astype(np.int64)
+        half = reach_voxels(spacing)
         smoothed = _smoothed_around(image, np.array([c for c, _ in centers]), half)
     for center, positive in centers:
         if method == "gaussian":
@@ -81,6 +81,17 @@ def encode_clicks(
         channel = guidance[0 if positive else 1]
         np.maximum(channel[window], values, out=channel[window])
     return guidance
+
+
+def reach_voxels(spacing: tuple[float, float, float], method: str = "adaptive") -> np.ndarray:
+    """Half-width (voxels, per axis) of the box around a click outside which its mask is 0.
+
+    Encoding a click on any sub-image holding that box plus 2 voxels (the smoothing's support) gives
+    the same mask as encoding it on the whole image.
+    """
+    if method == "gaussian":
+        return np.full(3, int(np.ceil(_GAUSSIAN_HALF_WIDTH * GAUSSIAN_SIGMA_VOXELS)))
+    return np.ceil(MAX_RADIUS_MM / np.asarray(spacing, dtype=np.float64)).astype(np.int64)
 
 
 def _checked_index(index, shape) -> np.ndarray:
@@ -113,8 +124,7 @@ def _smoothed_around(image: np.ndarray, centers: np.ndarray, half: np.ndarray) -
 
 
 def _gaussian_blob(center: np.ndarray, shape) -> tuple[tuple[slice, ...], np.ndarray]:
-    half = np.full(3, int(np.ceil(_GAUSSIAN_HALF_WIDTH * GAUSSIAN_SIGMA_VOXELS)))
-    window, (dk, dj, di) = _window(center, half, shape)
+    window, (dk, dj, di) = _window(center, reach_voxels((1.0, 1.0, 1.0), "gaussian"), shape)
     squared = (dk * dk + dj * dj + di * di).astype(np.float32)
     return window, np.exp(squared / np.float32(-2.0 * GAUSSIAN_SIGMA_VOXELS**2))
 

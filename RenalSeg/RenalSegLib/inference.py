@@ -2,7 +2,8 @@
 
 Data flow: CT (any grid) -> 4 mm copy -> coarse network -> kidney regions -> for each region a 1.5 mm
 crop aligned with the CT -> fine network (zero click guidance) -> class probabilities resampled onto the
-CT's own voxels inside the region -> argmax -> postprocessing -> KiTS label map with the CT's geometry.
+CT's own voxels inside the region -> hierarchical decision (``decide_labels``) -> postprocessing -> KiTS
+label map with the CT's geometry.
 Only the kidney regions are ever processed at high resolution, which bounds time and memory.
 """
 
@@ -28,8 +29,14 @@ log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
 KIDNEY_MARGIN_MM = 20.0  # context added around each coarse kidney region before the fine stage
 MIN_KIDNEY_ML = 15.0  # coarse components smaller than this are not kidneys
-MIN_LESION_ML = 0.5  # lesion components smaller than this are noise (tuned on training-split synthetic cases)
+MIN_LESION_ML = 1.0  # lesion components smaller than this are noise (tuned with MASS_SHARE, below)
 MAX_KIDNEYS = 2  # kidney-and-masses components kept, those with the most kidney voxels
+# A foreground voxel is a mass when tumor + cyst hold this share of its foreground probability (argmax
+# needs about 0.5, and splits a mass's probability between tumor and cyst). Tuned with MIN_LESION_ML on 10
+# training-split synthetic cases (23 lesions), postprocessed: argmax with 0.5 mL, the previous rule, gave
+# masses Dice 0.31, lesion recall 0.61, 3.1 false-positive lesions per case; share 0.3 with 0.5 / 1 / 2 mL
+# 0.35 / 0.36 / 0.35, recall 0.87 / 0.83 / 0.74, FP 3.0 / 2.3 / 1.6; share 0.4 with 1 mL 0.35, 0.74, 2.0.
+MASS_SHARE = 0.3
 
 
 class Cancelled(Exception):
@@ -108,6 +115,21 @@ class Segmenter:
             image.CopyInformation(grid)
             out[c] = sitk.GetArrayFromImage(resample_onto(image, target, sitk.sitkLinear, 1.0 if c == 0 else 0.0))
         return out
+
+
+def decide_labels(probabilities) -> np.ndarray:
+    """KiTS labels from class probabilities (background, kidney, tumor, cyst), decided down the KiTS hierarchy.
+
+    Foreground where background is below 0.5; within it, a mass (tumor or cyst) where the masses hold
+    ``MASS_SHARE`` of the foreground probability; within masses, tumor or cyst by the likelier. Each
+    decision is the one a KiTS region (kidney and masses, masses, tumor) is scored on.
+    """
+    background, kidney, tumor, cyst = probabilities
+    masses = tumor + cyst
+    labels = np.where(background < 0.5, L.KIDNEY, L.BACKGROUND).astype(np.uint8)
+    is_mass = (labels == L.KIDNEY) & (masses > MASS_SHARE * (kidney + masses))
+    labels[is_mass] = np.where(tumor >= cyst, L.TUMOR, L.CYST)[is_mass]
+    return labels
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -222,7 +244,7 @@ def segment(
         report(0.1 + 0.8 * n / max(1, len(regions)), f"segmenting kidney region {n + 1} of {len(regions)}")
         probabilities = segmenter.segment_region(ct, start, stop)
         box = tuple(slice(int(a), int(b)) for a, b in zip(reversed(start), reversed(stop)))
-        kits[box] = probabilities.argmax(0)  # regions are disjoint (merged when overlapping)
+        kits[box] = decide_labels(probabilities)  # regions are disjoint (merged when overlapping)
     timings["fine"] = time.perf_counter() - t0
     report(0.92, "postprocessing")
     t0 = time.perf_counter()

@@ -92,3 +92,27 @@ def test_segment_batch_writes_one_label_map_per_ct_and_keeps_existing(tmp_path: 
     assert "2 written, 0 already there" in capsys.readouterr().out
     assert cli.main(args) == 0
     assert "0 written, 2 already there" in capsys.readouterr().out
+
+
+def test_interactive_evaluation_reports_both_encodings_and_click_latency(tmp_path: Path, untrained_model: Path, capsys) -> None:
+    p = phantoms.kidney_phantom(size=(48, 44, 24), spacing=(4.0, 4.5, 6.0), scale=0.8)
+    for folder in ("ct", "pred", "ref"):
+        (tmp_path / folder).mkdir()
+    sitk.WriteImage(p.ct, str(tmp_path / "ct" / "case_a.nii.gz"))
+    sitk.WriteImage(p.labels, str(tmp_path / "ref" / "case_a.nii.gz"))
+    auto = sitk.GetArrayFromImage(p.labels)
+    auto[auto == 2] = 1  # auto mode missed the tumor
+    predicted = sitk.GetImageFromArray(auto)
+    predicted.CopyInformation(p.labels)
+    sitk.WriteImage(predicted, str(tmp_path / "pred" / "case_a.nii.gz"))
+    out = tmp_path / "clicks.json"
+    args = ["evaluate", str(tmp_path / "pred"), str(tmp_path / "ref"), "--interactive", str(tmp_path / "ct"), "--json", str(out), "--model", str(untrained_model), "--device", "cpu"]
+    assert cli.main(args) == 0
+    import json
+
+    result = json.loads(out.read_text())
+    for method in ("adaptive", "gaussian"):
+        summary = result["methods"][method]
+        assert summary["lesion_fn_rate_auto"] == 0.5  # the tumor missed, the cyst found
+        assert summary["click_seconds"]["clicks"] >= 1 and summary["click_seconds"]["median"] > 0
+    assert "click latency (adaptive" in capsys.readouterr().out

@@ -109,3 +109,17 @@ def test_postprocess_is_the_same_wherever_the_labels_lie_in_the_ct() -> None:
     np.testing.assert_array_equal(out[30:70, 50:90, 11:51], expected)
     assert out.sum() == expected.sum()
     assert not I.postprocess(np.zeros((5, 6, 7), np.uint8), spacing=(1.0, 1.0, 1.0)).any()
+
+
+def test_labels_are_decided_down_the_kits_hierarchy() -> None:
+    from RenalSegLib.inference import MASS_SHARE, decide_labels
+
+    assert MASS_SHARE == 0.3  # the cases below are computed for it
+    voxels = np.array([
+        [0.60, 0.30, 0.05, 0.05],  # background
+        [0.40, 0.45, 0.10, 0.05],  # foreground; masses 0.15 / 0.60 = 25 % of it: kidney
+        [0.10, 0.50, 0.25, 0.15],  # masses 44 % of foreground: a mass, tumor likelier (argmax: kidney)
+        [0.10, 0.50, 0.15, 0.25],  # the same, cyst likelier
+        [0.45, 0.10, 0.20, 0.25],  # foreground although background is the largest class (argmax: background)
+    ], np.float32).T.reshape(4, 1, 1, 5)
+    np.testing.assert_array_equal(decide_labels(voxels)[0, 0], [0, 1, 2, 3, 3])

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from scipy import ndimage
 
 import phantoms
 from RenalSegLib import RenalSegError
@@ -43,14 +44,19 @@ def _without_tumor(p: phantoms.Phantom) -> np.ndarray:
 
 
 class _Oracle:
-    """Replaces the network: predicts the phantom's true labels on the cached grid (ignores guidance)."""
+    """Replaces the network: predicts the phantom's true labels on the crop's grid (ignores guidance)."""
 
-    def __init__(self, session: RefinementSession, p: phantoms.Phantom):
-        self.truth = sitk.GetArrayFromImage(resample_onto(p.labels, session._grid, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
+    def __init__(self, session: RefinementSession, p: phantoms.Phantom, truth: np.ndarray | None = None):
+        self.labels = p.labels
+        if truth is not None:
+            self.labels = sitk.GetImageFromArray(truth)
+            self.labels.CopyInformation(p.ct)
+        self.shapes = []  # the network crops' shapes, one per forward pass
 
-    def __call__(self, start, stop):
-        box = tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
-        return np.eye(4, dtype=np.float32)[self.truth[box]].transpose(3, 0, 1, 2)
+    def __call__(self, image, guidance, grid):
+        self.shapes.append(image.shape)
+        truth = sitk.GetArrayFromImage(resample_onto(self.labels, grid, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
+        return np.eye(4, dtype=np.float32)[truth].transpose(3, 0, 1, 2)
 
 
 def test_click_on_missed_tumor_restores_it_and_changes_only_the_crop(segmenter, phantom) -> None:
@@ -119,3 +125,68 @@ def test_cyst_click_relabels_the_clicked_mass(segmenter, phantom) -> None:
     session.add_click(_tumor_centre_lps(phantom), positive=True, label=L.CYST)
     tumor = sitk.GetArrayViewFromImage(phantom.labels) == L.TUMOR
     assert (session.labels[tumor] == L.CYST).mean() > 0.9
+
+
+def test_lesion_click_leaves_kidney_and_other_lesions_alone(segmenter, phantom) -> None:
+    """The network's proposal also erases the kidney and adds a spurious mass in the crop: only the clicked mass is taken."""
+    start_labels = _without_tumor(phantom)
+    truth = sitk.GetArrayFromImage(phantom.labels)
+    proposal = np.where(truth == L.KIDNEY, L.BACKGROUND, truth)
+    centre = phantoms.image_center(phantom.ct) + np.array(phantoms.TUMOR["center"])
+    spurious = phantoms.ellipsoid(phantoms.physical_grid(phantom.ct), centre + np.array([0.0, 0.0, -30.0]), (5.0, 5.0, 5.0))
+    proposal[spurious] = L.CYST
+    session = RefinementSession(phantom.ct, start_labels, segmenter=segmenter)
+    session._predict_crop = _Oracle(session, phantom, proposal)
+    session.add_click(tuple(centre), positive=True)
+    tumor = truth == L.TUMOR
+    assert (session.labels[tumor] == L.TUMOR).mean() > 0.9
+    elsewhere = ~ndimage.binary_dilation(tumor, iterations=2) & ~spurious  # the 1.5 mm round trip moves the border by a voxel
+    np.testing.assert_array_equal(session.labels[elsewhere], start_labels[elsewhere])
+    assert not (session.labels[spurious] == L.CYST).any()
+
+
+def test_kidney_click_restores_kidney(segmenter, phantom) -> None:
+    truth = sitk.GetArrayFromImage(phantom.labels)
+    start_labels = truth.copy()
+    centre = phantoms.image_center(phantom.ct) + np.array(phantoms.LEFT_KIDNEY["center"])
+    hole = phantoms.ellipsoid(phantoms.physical_grid(phantom.ct), centre, (10.0, 10.0, 10.0)) & (truth == L.KIDNEY)
+    start_labels[hole] = L.BACKGROUND
+    session = RefinementSession(phantom.ct, start_labels, segmenter=segmenter)
+    session._predict_crop = _Oracle(session, phantom)
+    session.add_click(tuple(centre), positive=True, label=L.KIDNEY)
+    assert (session.labels[hole] == L.KIDNEY).mean() > 0.9
+
+
+def test_large_lesion_grows_the_crop_with_one_network_window_per_pass(segmenter, phantom) -> None:
+    centre = phantoms.image_center(phantom.ct) + np.array(phantoms.TUMOR["center"])
+    big = phantoms.ellipsoid(phantoms.physical_grid(phantom.ct), centre, (60.0, 60.0, 60.0))  # 120 mm: wider than the first 96 mm crop
+    truth = sitk.GetArrayFromImage(phantom.labels)
+    truth[big] = L.TUMOR
+    start_labels = _without_tumor(phantom)
+    session = RefinementSession(phantom.ct, start_labels, segmenter=segmenter)
+    oracle = _Oracle(session, phantom, truth)
+    session._predict_crop = oracle
+    session.add_click(tuple(centre), positive=True)
+    assert len(oracle.shapes) > 1  # grown
+    patch = segmenter.networks["fine"][1].patch_size
+    assert all(np.all(np.array(shape) <= patch) for shape in oracle.shapes)
+    assert (session.labels[big] == L.TUMOR).mean() > 0.9
+
+
+def test_crop_guidance_equals_encoding_the_clicks_on_the_whole_cached_grid(segmenter, phantom) -> None:
+    from RenalSegLib.guidance import encode_clicks
+    from RenalSegLib.volume import physical_to_index
+
+    session = RefinementSession(phantom.ct, sitk.GetArrayFromImage(phantom.labels), segmenter=segmenter)
+    session._predict_crop = _Oracle(session, phantom)
+    centre = phantoms.image_center(phantom.ct) + np.array(phantoms.TUMOR["center"])
+    session.add_click(tuple(centre), positive=True)
+    session.add_click(tuple(centre + np.array([0.0, 0.0, 14.0])), positive=False)
+    spacing = session._grid.GetSpacing()[::-1]
+    voxels = [np.round(physical_to_index(session._grid, np.array(c.point_lps))[0][::-1]).astype(int) for c in session.clicks]
+    whole = encode_clicks(session._image, [(v, c.positive) for v, c in zip(voxels, session.clicks)], spacing)
+    start, stop = session._crop_box(voxels[0], 64)
+    _, guidance, _ = session._network_input(start, stop)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
+    np.testing.assert_array_equal(guidance, whole[(slice(None), *box)])
+    assert guidance[0].max() == 1.0 and guidance[1].max() == 1.0
