@@ -35,7 +35,7 @@ Click = tuple[tuple[int, int, int], bool]  # ((k, j, i) voxel index, positive?)
 METHODS = ("adaptive", "gaussian")
 
 GAUSSIAN_SIGMA_VOXELS = 3.0  # DeepEdit's click encoding
-_GAUSSIAN_HALF_WIDTH = 4.0  # sigmas: beyond this the Gaussian is below 3.4e-4 and is left at 0
+_GAUSSIAN_REACH = int(np.ceil(4.0 * GAUSSIAN_SIGMA_VOXELS))  # voxels: 4 sigmas, beyond which the Gaussian is below 3.4e-4 and left at 0
 
 # Adaptive masks. The normalised CT has 1 unit = 200 HU (preprocess.normalize_ct).
 MAX_RADIUS_MM = 40.0  # a click marks a lesion, not a whole organ: caps the window and the mask
@@ -90,7 +90,7 @@ def reach_voxels(spacing: tuple[float, float, float], method: str = "adaptive") 
     the same mask as encoding it on the whole image.
     """
     if method == "gaussian":
-        return np.full(3, int(np.ceil(_GAUSSIAN_HALF_WIDTH * GAUSSIAN_SIGMA_VOXELS)))
+        return np.full(3, _GAUSSIAN_REACH)
     return np.ceil(MAX_RADIUS_MM / np.asarray(spacing, dtype=np.float64)).astype(np.int64)
 
 
@@ -124,7 +124,7 @@ def _smoothed_around(image: np.ndarray, centers: np.ndarray, half: np.ndarray) -
 
 
 def _gaussian_blob(center: np.ndarray, shape) -> tuple[tuple[slice, ...], np.ndarray]:
-    window, (dk, dj, di) = _window(center, reach_voxels((1.0, 1.0, 1.0), "gaussian"), shape)
+    window, (dk, dj, di) = _window(center, np.full(3, _GAUSSIAN_REACH), shape)
     squared = (dk * dk + dj * dj + di * di).astype(np.float32)
     return window, np.exp(squared / np.float32(-2.0 * GAUSSIAN_SIGMA_VOXELS**2))
 

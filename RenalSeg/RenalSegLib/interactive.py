@@ -161,15 +161,15 @@ class RefinementSession:
             start, stop = self._crop_box(centre, extent)
             image, guidance, grid = self._network_input(start, stop)
             probabilities = self._predict_crop(image, guidance, grid)
-            local = _voxel_of(grid, click.point_lps)
-            lesion = _component_at(decide_labels(probabilities), local)
+            seen = decide_labels(probabilities)
+            lesion = _component_at(seen, _voxel_of(grid, click.point_lps))
             if not click.positive or lesion is None or not _touches_border(lesion) or extent == CROP_EXTENTS[-1]:
                 break
             # Centre the next crop on the lesion (the click stays inside: it lies within the lesion's box).
             hit = np.argwhere(lesion)
             middle = grid.TransformContinuousIndexToPhysicalPoint(((hit.min(0) + hit.max(0)) / 2.0)[::-1].tolist())
             centre = _voxel_of(self._grid, middle)
-        return self._to_ct(grid, probabilities, click)
+        return self._to_ct(grid, probabilities, seen, click)
 
     def _first_crop(self, click: Click) -> tuple[np.ndarray, int]:
         """Centre ((k, j, i) of the 1.5 mm grid) and index into CROP_EXTENTS of a click's first crop.
@@ -251,8 +251,8 @@ class RefinementSession:
         """Fine-network probabilities (4, k, j, i) on a network crop with its click guidance."""
         return self.segmenter._predict("fine", image, guidance)
 
-    def _to_ct(self, grid: sitk.Image, probabilities: np.ndarray, click: Click) -> tuple[Box, np.ndarray]:
-        """The CT box where ``click`` acts, and its labels after the click.
+    def _to_ct(self, grid: sitk.Image, probabilities: np.ndarray, seen: np.ndarray, click: Click) -> tuple[Box, np.ndarray]:
+        """The CT box where ``click`` acts, and its labels after the click (``seen``: the labels decided on ``grid``).
 
         The click acts on one structure (``_merge_clicked_structure``): the box covers it as the network
         now sees it and as it is labelled now, within the CT voxels strictly inside the crop, so only
@@ -260,15 +260,15 @@ class RefinementSession:
         CT, decided into labels (``inference.decide_labels``) and merged into the current labels.
         """
         family = _family(click.label)
-        corners = [grid.TransformContinuousIndexToPhysicalPoint([float(c) for c in corner]) for corner in _corners(grid.GetSize())]
+        corners = [grid.TransformContinuousIndexToPhysicalPoint(corner) for corner in _box_corners(np.zeros(3), np.array(grid.GetSize()) - 1)]
         inside = physical_to_index(self.ct, np.array(corners))
         crop_low = np.clip(np.ceil(inside.min(0)), 0, None).astype(int)  # (i, j, k)
         crop_high = np.minimum(np.floor(inside.max(0)) + 1, self.ct.GetSize()).astype(int)
         low, high = np.array(self.ct.GetSize()), np.zeros(3, int)
-        seen = _component_at(decide_labels(probabilities), _voxel_of(grid, click.point_lps), family)
-        if seen is not None:
-            hit = np.argwhere(seen)[:, ::-1]  # (i, j, k) of the network grid
-            ends = [grid.TransformContinuousIndexToPhysicalPoint([float(v) for v in corner]) for corner in _box_corners(hit.min(0) - 1, hit.max(0) + 1)]
+        structure = _component_at(seen, _voxel_of(grid, click.point_lps), family)
+        if structure is not None:
+            hit = np.argwhere(structure)[:, ::-1]  # (i, j, k) of the network grid
+            ends = [grid.TransformContinuousIndexToPhysicalPoint(corner) for corner in _box_corners(hit.min(0) - 1, hit.max(0) + 1)]
             low, high = index_box_covering(self.ct, ends, 1)
         crop = tuple(slice(int(a), int(b)) for a, b in zip(crop_low[::-1], crop_high[::-1]))
         labelled = _component_at(self.labels[crop], _voxel_of(self.ct, click.point_lps) - crop_low[::-1], family)
@@ -302,11 +302,6 @@ AIR = float(normalize_ct(np.array(-1024.0)))  # the normalised value of air, out
 def _voxel_of(image: sitk.Image, point_lps) -> np.ndarray:
     """The (k, j, i) voxel of ``image`` nearest to an LPS point (may lie outside the image)."""
     return np.round(physical_to_index(image, np.array(point_lps))[0][::-1]).astype(int)
-
-
-def _corners(size) -> list[tuple[float, float, float]]:
-    """Centres of the outermost voxels of an image of ``size`` (i, j, k)."""
-    return [tuple((n - 1) * c for n, c in zip(size, corner)) for corner in np.ndindex(2, 2, 2)]
 
 
 def _family(label: int) -> tuple[int, ...]:
