@@ -43,23 +43,33 @@ def _suffix(path: Path) -> str:
 def dicom_series_files(folder: str | os.PathLike, series_uid: str | None = None) -> list[str]:
     """Return the files of one DICOM series in ``folder``, sorted by slice position.
 
-    With several series in the folder, the one with the most slices is chosen (the diagnostic
-    series, not a localizer or a dose report) unless ``series_uid`` names one.
+    With several series, the one with the most slices is chosen (the diagnostic series, not a localizer
+    or a dose report) unless ``series_uid`` names one. When ``folder`` itself holds no series, its
+    subfolders are searched (a PACS export or CD nests the series a few levels down).
     """
     folder = Path(folder)
-    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    if not series:
-        raise RenalSegError(f"{folder}: no DICOM image series found in this folder")
+    found = _series_in(folder)
+    if not found:
+        found = {key: files for sub in sorted(p for p in folder.rglob("*") if p.is_dir()) for key, files in _series_in(sub).items()}
+    if not found:
+        raise RenalSegError(f"{folder}: no DICOM image series found in this folder or its subfolders")
     if series_uid is not None:
-        if series_uid not in series:
-            raise RenalSegError(f"{folder}: DICOM series {series_uid} not found (found {len(series)} series)")
-        series = (series_uid,)
-    # GetGDCMSeriesFileNames sorts the slices by their position along the slice normal.
-    files = {uid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid) for uid in series}
-    chosen = max(files, key=lambda uid: len(files[uid]))
-    if len(series) > 1:
-        log.info("%s holds %d DICOM series; using %s (%d slices)", folder, len(series), chosen, len(files[chosen]))
-    return list(files[chosen])
+        matching = {key: files for key, files in found.items() if key[1] == series_uid}
+        if not matching:
+            raise RenalSegError(f"{folder}: DICOM series {series_uid} not found (found {len(found)} series)")
+        found = matching
+    chosen = max(found, key=lambda key: len(found[key]))
+    if len(found) > 1:
+        log.info("%s holds %d DICOM series; using %s in %s (%d slices)", folder, len(found), chosen[1], chosen[0], len(found[chosen]))
+    return found[chosen]
+
+
+def _series_in(directory: Path) -> dict[tuple[Path, str], list[str]]:
+    """{(directory, series UID): files sorted along the slice normal} for the series stored directly in ``directory``."""
+    return {
+        (directory, uid): list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(directory), uid))
+        for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(directory))
+    }
 
 
 def _read_dicom(folder: Path) -> sitk.Image:

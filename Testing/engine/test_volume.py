@@ -100,6 +100,18 @@ def test_dicom_folder_with_two_series_uses_the_larger(tmp_path: Path) -> None:
     assert V.read_volume(tmp_path).GetSize() == (24, 24, 10)
 
 
+def test_dicom_series_in_subfolders_is_found(tmp_path: Path) -> None:
+    """A PACS export nests series a few folders down; the largest one anywhere below is read."""
+    big = phantoms.kidney_phantom(size=(24, 24, 10), spacing=(1.0, 1.0, 2.0), scale=0.1)
+    localizer = phantoms.kidney_phantom(size=(24, 24, 3), spacing=(1.0, 1.0, 5.0), scale=0.1)
+    _write_dicom_series(localizer.ct, tmp_path / "export" / "STUDY1" / "SER1", "1.2.826.0.1.3680043.2.1125.21")
+    _write_dicom_series(big.ct, tmp_path / "export" / "STUDY1" / "SER2", "1.2.826.0.1.3680043.2.1125.20")
+    (tmp_path / "export" / "README.txt").write_text("not DICOM")
+    assert V.read_volume(tmp_path / "export").GetSize() == (24, 24, 10)
+    files = V.dicom_series_files(tmp_path / "export", "1.2.826.0.1.3680043.2.1125.21")
+    assert len(files) == 3 and all("SER1" in f for f in files)
+
+
 def test_real_dicom_series_has_ct_hu_and_geometry(real_ct_dir: Path) -> None:
     ct = V.read_volume(real_ct_dir)
     assert ct.GetSize() == (512, 512, 20)
