@@ -191,7 +191,8 @@ class RenalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.outputSegmentation = result.segmentation_node
             self._parameterNode.resultsTable = result.table_node
             self.ui.resultsTableView.setMRMLTableNode(result.table_node)
-            self.ui.statusLabel.text = _("Done.")
+            found = result.table_node.GetNumberOfRows() > 0
+            self.ui.statusLabel.text = _("Done.") if found else _("Done: no kidney found in this CT (does it cover the kidneys?).")
 
     def _onError(self, error):
         from RenalSegLib.inference import Cancelled

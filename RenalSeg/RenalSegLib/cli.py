@@ -65,10 +65,13 @@ def _run_segment(args: argparse.Namespace) -> int:
     resolve_device(args.device)  # a missing GPU is reported before any work
     if args.batch:
         return _segment_folder(Path(args.ct), output, args)
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     ct = read_volume(args.ct)
     progress, close = _tqdm_progress("segmenting")
     try:
-        labels = segment(ct, device=args.device, fast=args.fast, model_path=args.model, progress=progress)
+        with logging_redirect_tqdm():  # warnings print above the bar, not into it
+            labels = segment(ct, device=args.device, fast=args.fast, model_path=args.model, progress=progress)
     finally:
         close()
     print(f"labels: {write_labels(labels, output, ct)}")
@@ -84,6 +87,7 @@ def _run_segment(args: argparse.Namespace) -> int:
 def _segment_folder(folder: Path, out_dir: Path, args: argparse.Namespace) -> int:
     """``segment --batch``: every CT file of ``folder`` -> ``out_dir/NAME.nii.gz``, one model load."""
     from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     from .inference import Segmenter, segment
     from .volume import IMAGE_SUFFIXES, case_name, read_volume, write_labels
@@ -98,9 +102,10 @@ def _segment_folder(folder: Path, out_dir: Path, args: argparse.Namespace) -> in
     out_dir.mkdir(parents=True, exist_ok=True)
     segmenter = Segmenter.load(args.model, args.device, args.fast)
     todo = {name: path for name, path in cases.items() if not (out_dir / f"{name}.nii.gz").exists()}
-    for name, path in tqdm(todo.items(), desc="segmenting", unit="CT"):
-        ct = read_volume(path)
-        write_labels(segment(ct, segmenter=segmenter), out_dir / f"{name}.nii.gz", ct)
+    with logging_redirect_tqdm():
+        for name, path in tqdm(todo.items(), desc="segmenting", unit="CT"):
+            ct = read_volume(path)
+            write_labels(segment(ct, segmenter=segmenter), out_dir / f"{name}.nii.gz", ct)
     print(f"labels: {len(todo)} written, {len(cases) - len(todo)} already there, in {out_dir}")
     return 0
 

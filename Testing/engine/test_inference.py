@@ -62,6 +62,22 @@ def test_cascade_writes_each_kidney_region_back_in_place() -> None:
     np.testing.assert_array_equal(sitk.GetArrayViewFromImage(out), sitk.GetArrayViewFromImage(p.labels))
 
 
+def test_a_region_seen_as_all_mass_is_no_kidney_and_is_reported(caplog) -> None:
+    """What the network did on a real liver: the coarse stage finds a region, the fine stage calls it tumor."""
+
+    class AllTumor(_OracleSegmenter):
+        def segment_region(self, ct, start, stop):
+            probabilities = np.zeros((4, *reversed([int(b - a) for a, b in zip(start, stop)])), np.float32)
+            probabilities[L.TUMOR] = 1.0
+            return probabilities
+
+    p = phantoms.kidney_phantom()
+    with caplog.at_level("WARNING", logger="RenalSegLib.inference"):
+        out = I.segment(p.ct, segmenter=AllTumor(p))
+    assert not sitk.GetArrayViewFromImage(out).any()
+    assert "no kidney found" in caplog.text
+
+
 def test_postprocess_removes_lesions_away_from_kidneys_and_tiny_specks() -> None:
     kits = np.zeros((40, 40, 40), np.uint8)
     kits[5:25, 5:25, 5:25] = L.KIDNEY
@@ -85,6 +101,17 @@ def test_postprocess_keeps_the_two_components_with_most_kidney() -> None:
     out = I.postprocess(kits, spacing=(2.0, 2.0, 2.0))
     np.testing.assert_array_equal(out[:26], kits[:26])
     assert not out[30:38].any()
+
+
+def test_postprocess_drops_a_mass_with_too_little_kidney_tissue_to_be_a_kidney() -> None:
+    kits = np.zeros((40, 60, 60), np.uint8)
+    kits[5:25, 5:20, 5:20] = L.KIDNEY  # 36 mL: kept
+    kits[5:35, 30:55, 30:55] = L.TUMOR  # 150 mL "tumor" ...
+    kits[5:35, 30:55, 55:57] = L.KIDNEY  # ... beside a 12 mL rim of "kidney": another organ, removed
+    out = I.postprocess(kits, spacing=(2.0, 2.0, 2.0))
+    assert I.MIN_KIDNEY_TISSUE_ML > 12
+    np.testing.assert_array_equal(out[:, :, :25], kits[:, :, :25])
+    assert not out[:, :, 25:].any()
 
 
 def test_kidney_regions_from_a_segmenter_cover_both_kidneys() -> None:
@@ -123,3 +150,19 @@ def test_labels_are_decided_down_the_kits_hierarchy() -> None:
         [0.45, 0.10, 0.20, 0.25],  # foreground although background is the largest class (argmax: background)
     ], np.float32).T.reshape(4, 1, 1, 5)
     np.testing.assert_array_equal(decide_labels(voxels)[0, 0], [0, 1, 2, 3, 3])
+
+
+def test_bundled_model_on_the_real_ct_puts_lesions_only_on_kidneys(real_ct_dir: Path) -> None:
+    """The real upper-abdominal series (no labels): every predicted lesion lies on a plausible kidney."""
+    from scipy import ndimage
+
+    from RenalSegLib.network import default_model_path
+    from RenalSegLib.volume import read_volume
+
+    ct = read_volume(real_ct_dir)
+    out = sitk.GetArrayFromImage(I.segment(ct, model_path=default_model_path(), device="cpu", fast=True))
+    components, count = ndimage.label(out > 0)
+    kidney_ml = ndimage.sum(out == L.KIDNEY, components, np.arange(1, count + 1)) * np.prod(ct.GetSpacing()) / 1000
+    with_lesion = ndimage.maximum(np.isin(out, L.LESION_LABELS), components, np.arange(1, count + 1)).astype(bool)
+    assert count <= I.MAX_KIDNEYS
+    assert (kidney_ml[with_lesion] >= I.MIN_KIDNEY_TISSUE_ML).all()
