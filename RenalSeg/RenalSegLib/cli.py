@@ -196,10 +196,11 @@ def _add_train(sub) -> None:
     fit.add_argument("--guidance", choices=("adaptive", "gaussian"), default="adaptive")
     fit.add_argument("--validate-every", type=int, default=500)
     fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--init", help="a new run starts from these weights: a checkpoint or a model file, e.g. the bundled one, to fine-tune it (on real CT with a --real cache)")
     fit.add_argument("--no-bf16", action="store_true", help="train in float32 even where bf16 autocast is available")
     bundle = steps.add_parser("bundle", help="write a model file (coarse + fine) and its model card")
-    bundle.add_argument("--coarse", required=True, help="coarse run's checkpoint (RUN/last.pt)")
-    bundle.add_argument("--fine", required=True, help="fine run's checkpoint (RUN/last.pt)")
+    bundle.add_argument("--coarse", required=True, help="coarse run's checkpoint (RUN/last.pt or best.pt), or a model file to take that stage from")
+    bundle.add_argument("--fine", required=True, help="fine run's checkpoint (RUN/last.pt or best.pt), or a model file to take that stage from")
     bundle.add_argument("--card", required=True, help="JSON file with the model card's text fields")
     bundle.add_argument("-o", "--output", required=True)
 
@@ -225,7 +226,7 @@ def _run_train(args: argparse.Namespace) -> int:
         options = T.FitOptions(
             stage=args.stage, cache_dir=args.cache, run_dir=args.run, steps=args.steps, time_budget_s=60 * args.minutes, batch_size=args.batch_size, learning_rate=args.lr,
             validation_cases=validation, click_rate=args.click_rate, guidance_method=args.guidance, validate_every=args.validate_every,
-            seed=args.seed, bf16=not args.no_bf16,
+            seed=args.seed, init_weights=args.init or "", bf16=not args.no_bf16,
         )
         print(f"checkpoint: {T.fit(options)}")
     else:

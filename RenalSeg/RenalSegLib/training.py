@@ -244,6 +244,7 @@ class FitOptions:
     max_click_rounds: int = 3
     guidance_method: str = "adaptive"
     seed: int = 0
+    init_weights: str = ""  # a new run starts from this checkpoint's or model file's weights (fine-tuning)
     bf16: bool = True
     threads: int = 0  # 0: torch default
     loader_workers: int = 1  # background patch-sampling processes (0: sample in the training process)
@@ -314,6 +315,9 @@ def fit(options: FitOptions) -> Path:
         optimizer.load_state_dict(state["optimizer"])
         step, elapsed = int(state["step"]), float(state.get("elapsed_s", 0.0))
         log.info("resumed %s at step %d", checkpoint, step)
+    elif options.init_weights:
+        _unwrap(model).load_state_dict(stage_state_dict(Path(options.init_weights), options.stage))
+        log.info("new run: weights from %s (%s stage), fresh optimizer and schedule", options.init_weights, options.stage)
     use_bf16 = options.bf16 and (device.type == "cuda" or bf16_supported())
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
     (run_dir / "options.json").write_text(json.dumps(asdict(options), indent=2))
@@ -465,15 +469,30 @@ class ClickRounds:
         return x
 
 
-def train_from_checkpoint(checkpoint: Path, stage: str):
-    """Load a training checkpoint's weights into a fresh network (for bundling)."""
+def stage_state_dict(path: Path, stage: str) -> dict:
+    """One stage's float32 weights from a training checkpoint (RUN/last.pt, RUN/best.pt) or a model file."""
     import torch
 
+    if not Path(path).is_file():
+        raise RenalSegError(f"{path}: checkpoint or model file not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or foreign files
+        raise RenalSegError(f"{path}: not a RenalSeg checkpoint or model file ({type(exc).__name__})") from None
+    if "model" in payload:
+        return payload["model"]
+    if stage not in payload:
+        raise RenalSegError(f"{path}: model file has no {stage} stage (it has: {', '.join(payload)})")
+    return {k: v.float() if v.is_floating_point() else v for k, v in payload[stage]["state_dict"].items()}
+
+
+def train_from_checkpoint(checkpoint: Path, stage: str):
+    """A fresh network of the stage with the weights of a checkpoint or model file (for bundling)."""
     from .network import build_network
 
     config = STAGES[stage]
     module = build_network(config)
-    module.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["model"])
+    module.load_state_dict(stage_state_dict(checkpoint, stage))
     return module.eval(), config
 
 

@@ -13,7 +13,7 @@ import torch
 import phantoms
 from RenalSegLib import training as T
 from RenalSegLib.errors import RenalSegError
-from RenalSegLib.network import NetworkConfig
+from RenalSegLib.network import NetworkConfig, save_model
 from RenalSegLib.synthesis import synthesize
 
 # A tiny fine-stage network on a coarser grid, so that fitting takes seconds on 2 CPU cores.
@@ -109,6 +109,24 @@ def test_fit_keeps_the_best_validation_beside_the_last(synthetic_cache: Path, tm
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["step"] == 6
     model, _ = T.train_from_checkpoint(tmp_path / "run" / "best.pt", "fine")  # bundles like last.pt
     assert model is not None
+
+
+def test_a_new_run_can_start_from_a_model_files_weights(synthetic_cache: Path, tmp_path: Path) -> None:
+    """--init: fine-tuning starts from a bundled stage's weights; a resumed run keeps its own."""
+    options = T.FitOptions(stage="fine", cache_dir=str(synthetic_cache), run_dir=str(tmp_path / "a"), steps=2, warmup_steps=1,
+                           loader_workers=0, bf16=False)
+    model_file = save_model(tmp_path / "model.pt", {"fine": T.train_from_checkpoint(T.fit(options), "fine")}, card={})
+    bundled = T.stage_state_dict(model_file, "fine")
+    # lr 0: the one step leaves the weights as they were loaded
+    tuned = T.fit(replace(options, run_dir=str(tmp_path / "b"), steps=1, learning_rate=0.0, init_weights=str(model_file)))
+    weights = torch.load(tuned, weights_only=True)["model"]
+    assert all(torch.equal(weights[k], v) for k, v in bundled.items() if v.is_floating_point())
+    fresh = torch.load(T.fit(replace(options, run_dir=str(tmp_path / "c"), steps=1, learning_rate=0.0)), weights_only=True)["model"]
+    assert not all(torch.equal(fresh[k], v) for k, v in bundled.items() if v.is_floating_point())
+    with pytest.raises(RenalSegError, match="no coarse stage"):
+        T.stage_state_dict(model_file, "coarse")
+    with pytest.raises(RenalSegError, match="not found"):
+        T.fit(replace(options, run_dir=str(tmp_path / "d"), init_weights=str(tmp_path / "missing.pt")))
 
 
 def test_fit_overfits_one_synthetic_case(synthetic_cache: Path, tmp_path: Path) -> None:
