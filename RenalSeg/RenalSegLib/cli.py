@@ -143,7 +143,7 @@ def _add_refine(sub) -> None:
                    help="a click in mm (repeatable, applied in order); + adds (default), - removes; class default tumor")
     p.add_argument("--coords", choices=("RAS", "LPS"), default="RAS", help="coordinate system of the clicks (default RAS, as 3D Slicer shows)")
     p.add_argument("--lock", action="append", choices=tuple(_CLICK_LABELS), default=[], help="never change this class (repeatable)")
-    p.add_argument("--guidance", choices=("adaptive", "gaussian"), default="adaptive")
+    p.add_argument("--guidance", choices=("adaptive", "gaussian"), help="click encoding (default: the better one in the click evaluation, see README)")
     p.add_argument("-o", "--output", required=True, help="refined KiTS label map")
     p.add_argument("--model", help="model file (default: the bundled model)")
     _add_device(p)

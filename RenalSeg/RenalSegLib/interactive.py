@@ -23,6 +23,7 @@ import SimpleITK as sitk
 
 from . import labels as L
 from .errors import RenalSegError
+from .guidance import CLICK_DEFAULT
 from .inference import Segmenter, decide_labels
 from .preprocess import grid_for_image, grid_for_region, index_box_covering, normalize_ct, resample_onto
 from .volume import physical_to_index
@@ -63,7 +64,7 @@ class RefinementSession:
         model_path=None,
         segmenter: Segmenter | None = None,
         locked_labels=(),
-        guidance: str = "adaptive",
+        guidance: str | None = None,
     ):
         self.ct = ct
         self.segmenter = segmenter or Segmenter.load(model_path, device)
@@ -73,7 +74,7 @@ class RefinementSession:
         self.labels = array.astype(np.uint8)
         self._initial = self.labels.copy()
         self.locked_labels = set(locked_labels)
-        self.guidance = guidance
+        self.guidance = guidance or CLICK_DEFAULT
         self.clicks: list[Click] = []
         self.click_seconds: list[float] = []  # wall time of each add_click, click to merged labels
         self._undo: list[_Change] = []

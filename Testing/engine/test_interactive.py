@@ -173,18 +173,19 @@ def test_large_lesion_grows_the_crop_with_one_network_window_per_pass(segmenter,
     assert (session.labels[big] == L.TUMOR).mean() > 0.9
 
 
-def test_crop_guidance_equals_encoding_the_clicks_on_the_whole_cached_grid(segmenter, phantom) -> None:
+@pytest.mark.parametrize("method", ["adaptive", "gaussian"])
+def test_crop_guidance_equals_encoding_the_clicks_on_the_whole_cached_grid(segmenter, phantom, method) -> None:
     from RenalSegLib.guidance import encode_clicks
     from RenalSegLib.volume import physical_to_index
 
-    session = RefinementSession(phantom.ct, sitk.GetArrayFromImage(phantom.labels), segmenter=segmenter)
+    session = RefinementSession(phantom.ct, sitk.GetArrayFromImage(phantom.labels), segmenter=segmenter, guidance=method)
     session._predict_crop = _Oracle(session, phantom)
     centre = phantoms.image_center(phantom.ct) + np.array(phantoms.TUMOR["center"])
     session.add_click(tuple(centre), positive=True)
     session.add_click(tuple(centre + np.array([0.0, 0.0, 14.0])), positive=False)
     spacing = session._grid.GetSpacing()[::-1]
     voxels = [np.round(physical_to_index(session._grid, np.array(c.point_lps))[0][::-1]).astype(int) for c in session.clicks]
-    whole = encode_clicks(session._image, [(v, c.positive) for v, c in zip(voxels, session.clicks)], spacing)
+    whole = encode_clicks(session._image, [(v, c.positive) for v, c in zip(voxels, session.clicks)], spacing, method)
     start, stop = session._crop_box(voxels[0], 64)
     _, guidance, _ = session._network_input(start, stop)
     box = tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
