@@ -31,8 +31,8 @@ KIDNEY_MARGIN_MM = 20.0  # context added around each coarse kidney region before
 MIN_KIDNEY_ML = 15.0  # coarse components smaller than this are not kidneys
 # A kept kidney-and-masses component needs this much kidney tissue. The 791 kidneys of the 400 KiTS23
 # label maps hold at least 45 mL each, even beside a large tumor (84 mL beside 2.6 L); a "kidney" of a few
-# mL next to a large "mass" is another organ (the real upper-abdominal test series: 14 mL of kidney beside
-# 109 mL of tumor, in the liver). A kidney cut down to less than this by the field of view is dropped too.
+# mL next to a large "mass" is another organ (the real upper-abdominal test series: 10-14 mL of kidney beside
+# about 110 mL of tumor, in the liver). A kidney cut down to less than this by the field of view is dropped too.
 MIN_KIDNEY_TISSUE_ML = 30.0
 MIN_LESION_ML = 1.0  # lesion components smaller than this are noise (tuned with MASS_SHARE, below)
 MAX_KIDNEYS = 2  # kidney-and-masses components kept, those with the most kidney voxels
