@@ -126,22 +126,35 @@ def load_model(path: str | os.PathLike | None = None, device=None) -> dict[str, 
     import torch
 
     path = Path(path) if path is not None else default_model_path()
-    if not path.is_file():
-        raise RenalSegError(f"{path}: model file not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt or foreign files
-        raise RenalSegError(f"{path}: not a RenalSeg model file ({type(exc).__name__})") from None
+    payload = read_weights_file(path)
     networks = {}
     for name, entry in payload.items():
         config = NetworkConfig.from_dict(entry["config"])
         module = build_network(config)
-        module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in entry["state_dict"].items()})
+        module.load_state_dict(float_weights(entry["state_dict"]))
         # Channels-last weights make oneDNN use its fast 3D convolutions (a 64^3 fine window on 2 CPU
         # cores: 0.31 -> 0.21 s in bf16, identical output); training uses the same layout.
         module.eval().to(device, memory_format=torch.channels_last_3d)
         networks[name] = (module, config)
     return networks
+
+
+def read_weights_file(path: str | os.PathLike, kind: str = "model file") -> dict:
+    """``torch.load`` (weights only) of a RenalSeg model file or training checkpoint, with one-line errors."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise RenalSegError(f"{path}: {kind} not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or foreign files
+        raise RenalSegError(f"{path}: not a RenalSeg {kind} ({type(exc).__name__})") from None
+
+
+def float_weights(state_dict: dict) -> dict:
+    """A model file's half-precision weights as float32 (integer buffers unchanged)."""
+    return {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
 
 
 def model_card_path(model_path: str | os.PathLike) -> Path:

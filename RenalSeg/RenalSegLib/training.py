@@ -306,7 +306,6 @@ def fit(options: FitOptions) -> Path:
     weights = torch.tensor(FINE_CLASS_WEIGHTS, device=device) if config.out_channels == 4 else None
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, weight=weights)
     run_dir = Path(options.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = run_dir / "last.pt"
     step, elapsed = 0, 0.0
     if checkpoint.is_file():
@@ -316,8 +315,9 @@ def fit(options: FitOptions) -> Path:
         step, elapsed = int(state["step"]), float(state.get("elapsed_s", 0.0))
         log.info("resumed %s at step %d", checkpoint, step)
     elif options.init_weights:
-        _unwrap(model).load_state_dict(stage_state_dict(Path(options.init_weights), options.stage))
+        load_stage_weights(_unwrap(model), Path(options.init_weights), options.stage)
         log.info("new run: weights from %s (%s stage), fresh optimizer and schedule", options.init_weights, options.stage)
+    run_dir.mkdir(parents=True, exist_ok=True)  # only once the weights are known to load
     use_bf16 = options.bf16 and (device.type == "cuda" or bf16_supported())
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
     (run_dir / "options.json").write_text(json.dumps(asdict(options), indent=2))
@@ -471,29 +471,31 @@ class ClickRounds:
 
 def stage_state_dict(path: Path, stage: str) -> dict:
     """One stage's float32 weights from a training checkpoint (RUN/last.pt, RUN/best.pt) or a model file."""
-    import torch
+    from .network import float_weights, read_weights_file
 
-    if not Path(path).is_file():
-        raise RenalSegError(f"{path}: checkpoint or model file not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt or foreign files
-        raise RenalSegError(f"{path}: not a RenalSeg checkpoint or model file ({type(exc).__name__})") from None
+    payload = read_weights_file(path, "checkpoint or model file")
     if "model" in payload:
         return payload["model"]
     if stage not in payload:
         raise RenalSegError(f"{path}: model file has no {stage} stage (it has: {', '.join(payload)})")
-    return {k: v.float() if v.is_floating_point() else v for k, v in payload[stage]["state_dict"].items()}
+    return float_weights(payload[stage]["state_dict"])
+
+
+def load_stage_weights(module, path: Path, stage: str) -> None:
+    """Load one stage's weights from ``path`` into ``module``; weights of another network are a one-line error."""
+    try:
+        module.load_state_dict(stage_state_dict(path, stage))
+    except RuntimeError:  # torch lists every missing or mis-shaped tensor
+        raise RenalSegError(f"{path}: its weights do not fit the {stage} network (another stage's or another architecture's)") from None
 
 
 def train_from_checkpoint(checkpoint: Path, stage: str):
     """A fresh network of the stage with the weights of a checkpoint or model file (for bundling)."""
     from .network import build_network
 
-    config = STAGES[stage]
-    module = build_network(config)
-    module.load_state_dict(stage_state_dict(checkpoint, stage))
-    return module.eval(), config
+    module = build_network(STAGES[stage])
+    load_stage_weights(module, checkpoint, stage)
+    return module.eval(), STAGES[stage]
 
 
 def bundle(coarse_checkpoint: Path, fine_checkpoint: Path, out_path: Path, card: dict) -> Path:

@@ -112,7 +112,8 @@ def test_fit_keeps_the_best_validation_beside_the_last(synthetic_cache: Path, tm
 
 
 def test_a_new_run_can_start_from_a_model_files_weights(synthetic_cache: Path, tmp_path: Path) -> None:
-    """--init: fine-tuning starts from a bundled stage's weights; a resumed run keeps its own."""
+    """--init: fine-tuning starts from a bundled stage's weights; bad weights are refused before anything is
+    written; a resumed run keeps its own."""
     options = T.FitOptions(stage="fine", cache_dir=str(synthetic_cache), run_dir=str(tmp_path / "a"), steps=2, warmup_steps=1,
                            loader_workers=0, bf16=False)
     model_file = save_model(tmp_path / "model.pt", {"fine": T.train_from_checkpoint(T.fit(options), "fine")}, card={})
@@ -127,6 +128,12 @@ def test_a_new_run_can_start_from_a_model_files_weights(synthetic_cache: Path, t
         T.stage_state_dict(model_file, "coarse")
     with pytest.raises(RenalSegError, match="not found"):
         T.fit(replace(options, run_dir=str(tmp_path / "d"), init_weights=str(tmp_path / "missing.pt")))
+    with pytest.raises(RenalSegError, match="do not fit the coarse network"):  # a fine-stage checkpoint
+        T.fit(replace(options, stage="coarse", run_dir=str(tmp_path / "e"), init_weights=str(tmp_path / "a" / "last.pt")))
+    assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()  # a refused run leaves no folder behind
+    # a resumed run continues from its own checkpoint: --init is not read again
+    T.fit(replace(options, run_dir=str(tmp_path / "b"), steps=2, learning_rate=0.0, init_weights=str(tmp_path / "missing.pt")))
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["step"] == 2
 
 
 def test_fit_overfits_one_synthetic_case(synthetic_cache: Path, tmp_path: Path) -> None:
