@@ -193,7 +193,8 @@ def _add_train(sub) -> None:
     fit.add_argument("--lr", type=float, default=2e-3)
     fit.add_argument("--labels", help="KiTS label folder: its validation cases are held out and used for validation")
     fit.add_argument("--click-rate", type=float, default=0.0, help="fraction of batches with simulated click rounds (fine stage)")
-    fit.add_argument("--guidance", choices=("adaptive", "gaussian"), default="adaptive")
+    fit.add_argument("--guidance", choices=("adaptive", "gaussian", "mixed"), default="adaptive", help="click encoding of the simulated clicks (mixed: each click batch draws one)")
+    fit.add_argument("--memory-channel", action="store_true", help="fine stage: a 4th input channel with the current mass mask (interaction memory); --init may name a 3-channel model")
     fit.add_argument("--validate-every", type=int, default=500)
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--init", help="a new run starts from these weights: a checkpoint or a model file, e.g. the bundled one, to fine-tune it (on real CT with a --real cache)")
@@ -226,7 +227,7 @@ def _run_train(args: argparse.Namespace) -> int:
         options = T.FitOptions(
             stage=args.stage, cache_dir=args.cache, run_dir=args.run, steps=args.steps, time_budget_s=60 * args.minutes, batch_size=args.batch_size, learning_rate=args.lr,
             validation_cases=validation, click_rate=args.click_rate, guidance_method=args.guidance, validate_every=args.validate_every,
-            seed=args.seed, init_weights=args.init or "", bf16=not args.no_bf16,
+            seed=args.seed, init_weights=args.init or "", bf16=not args.no_bf16, memory_channel=args.memory_channel,
         )
         print(f"checkpoint: {T.fit(options)}")
     else:
@@ -361,6 +362,8 @@ def _add_evaluate(sub) -> None:
                         "PRED_DIR's auto segmentations, with the CTs of the same case names in CT_DIR, for adaptive and gaussian guidance")
     parser.add_argument("--json", metavar="OUT", type=Path, help="write the interactive results as JSON")
     parser.add_argument("--model", help="model file for --interactive (default: the bundled model)")
+    parser.add_argument("--guidance", action="append", choices=("adaptive", "gaussian"),
+                        help="click encoding(s) to evaluate with --interactive (repeatable; default: both, side by side)")
     _add_device(parser)
 
 
@@ -407,7 +410,7 @@ def _run_interactive_evaluation(args: argparse.Namespace) -> int:
         opened.setdefault(method, []).append(session)
         return click_refiner(session)
 
-    result = interactive_evaluation(cases, make_refine, progress=True)
+    result = interactive_evaluation(cases, make_refine, methods=args.guidance or ("adaptive", "gaussian"), progress=True)
     print(format_interactive_table(result))
     for method, opened_sessions in opened.items():
         seconds = np.concatenate([s.click_seconds for s in opened_sessions])

@@ -25,6 +25,7 @@ from . import labels as L
 from .errors import RenalSegError
 from .guidance import CLICK_DEFAULT
 from .inference import Segmenter, decide_labels
+from .network import MEMORY_CHANNEL
 from .preprocess import grid_for_image, grid_for_region, index_box_covering, normalize_ct, resample_onto
 from .volume import physical_to_index
 
@@ -200,11 +201,12 @@ class RefinementSession:
         return start, start + extent
 
     def _network_input(self, start: np.ndarray, stop: np.ndarray) -> tuple[np.ndarray, np.ndarray, sitk.Image]:
-        """CT and click guidance (2, k, j, i) in box [start, stop) of the cached grid, on a grid of at most one
-        network window, and that grid. Guidance holds the session's clicks that lie inside the box."""
+        """CT and click guidance (channels, k, j, i) in box [start, stop) of the cached grid, on a grid of at most
+        one network window, and that grid. Guidance holds the session's clicks that lie inside the box and,
+        for a fine network with the memory channel, the current mass mask there."""
         _, config = self.segmenter.networks["fine"]
         box = tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
-        guidance = np.zeros((2, *(stop - start)), np.float32)
+        guidance = np.zeros((config.in_channels - 1, *(stop - start)), np.float32)
         for click in self.clicks:
             voxel = _voxel_of(self._grid, click.point_lps)
             if np.all(voxel >= start) and np.all(voxel < stop):
@@ -213,6 +215,8 @@ class RefinementSession:
                 target = guidance[(0 if click.positive else 1, *(slice(i.start - a, i.stop - a) for i, a in zip(inside, start)))]
                 np.maximum(target, mask[tuple(slice(i.start - l, i.stop - l) for i, l in zip(inside, low))], out=target)
         crop = self._crop_image(self._image[box], start)
+        if config.in_channels > MEMORY_CHANNEL:
+            guidance[MEMORY_CHANNEL - 1] = self._current_masses(crop)
         factor = max(1.0, float(np.max((stop - start) / np.array(config.patch_size))))
         if factor == 1.0:
             return sitk.GetArrayFromImage(crop), guidance, crop
@@ -229,6 +233,17 @@ class RefinementSession:
         image.SetDirection(self._grid.GetDirection())
         image.SetOrigin(self._grid.TransformIndexToPhysicalPoint([int(v) for v in start[::-1]]))
         return image
+
+    def _current_masses(self, grid: sitk.Image) -> np.ndarray:
+        """The current labels' masses (tumor or cyst) on ``grid``, 0/1 float32 (k, j, i): the memory channel."""
+        corners = [grid.TransformContinuousIndexToPhysicalPoint(corner) for corner in _box_corners(np.zeros(3), np.array(grid.GetSize()) - 1)]
+        low, high = index_box_covering(self.ct, corners, 1)
+        masses = np.isin(self.labels[tuple(slice(int(a), int(b)) for a, b in zip(low[::-1], high[::-1]))], L.LESION_LABELS)
+        region = sitk.GetImageFromArray(masses.astype(np.uint8))
+        region.SetSpacing(self.ct.GetSpacing())
+        region.SetDirection(self.ct.GetDirection())
+        region.SetOrigin(self.ct.TransformIndexToPhysicalPoint([int(v) for v in low]))
+        return sitk.GetArrayFromImage(resample_onto(region, grid, sitk.sitkNearestNeighbor, 0, sitk.sitkFloat32))
 
     def _guidance_mask(self, click: Click) -> tuple[np.ndarray, np.ndarray]:
         """A click's guidance mask on the cached grid, computed once: (its box's start (k, j, i), values).

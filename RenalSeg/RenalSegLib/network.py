@@ -4,8 +4,9 @@ A RenalSeg model file holds two networks, both built from a plain config dict:
 - ``coarse``: finds the kidneys on a low-resolution copy of the CT (input: CT; output: background,
   kidney-and-masses);
 - ``fine``: segments each kidney region at high resolution (input: CT, positive guidance, negative
-  guidance; output: background, kidney, tumor, cyst). Auto mode feeds zero guidance, so the same
-  network serves one-click segmentation and click-to-refine.
+  guidance, and optionally the current mass mask; output: background, kidney, tumor, cyst). Auto mode
+  feeds zero guidance (and an empty mask), so the same network serves one-click segmentation and
+  click-to-refine.
 Weights are stored in half precision (the file stays small) and loaded with ``weights_only=True``.
 A JSON model card with the same stem sits beside the weights.
 """
@@ -22,8 +23,9 @@ from typing import Any
 
 from .errors import RenalSegError
 
-# Input channels of the fine network.
-CT_CHANNEL, POSITIVE_CHANNEL, NEGATIVE_CHANNEL = 0, 1, 2
+# Input channels of the fine network. A 4-channel fine network also takes the current mask of the masses
+# (tumor or cyst) being refined: nnInteractive's interaction memory; 0 in auto mode.
+CT_CHANNEL, POSITIVE_CHANNEL, NEGATIVE_CHANNEL, MEMORY_CHANNEL = 0, 1, 2, 3
 FINE_IN_CHANNELS = 3
 # The bundled weights: Resources/Models of the source tree, or beside RenalSegLib in an installed extension.
 MODEL_DIRS = (Path(__file__).resolve().parents[2] / "Resources" / "Models", Path(__file__).resolve().parents[1] / "Resources" / "Models")
@@ -96,7 +98,7 @@ def save_model(path: str | os.PathLike, networks: dict[str, tuple[Any, NetworkCo
     path = Path(path)
     payload = {
         name: {
-            "config": _plain(asdict(config)),
+            "config": config_dict(config),
             # A half-precision copy of the module keeps shared parameters shared (saved once).
             "state_dict": copy.deepcopy(module).to("cpu").half().state_dict(),
         }
@@ -111,6 +113,11 @@ def save_model(path: str | os.PathLike, networks: dict[str, tuple[Any, NetworkCo
     with atomic_path(model_card_path(path)) as tmp:
         tmp.write_text(json.dumps(card, indent=2) + "\n")
     return path
+
+
+def config_dict(config: NetworkConfig) -> dict:
+    """A network config as plain JSON-able values (how model files and checkpoints store it)."""
+    return _plain(asdict(config))
 
 
 def _plain(value):

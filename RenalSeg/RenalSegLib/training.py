@@ -19,7 +19,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ import SimpleITK as sitk
 
 from . import labels as L
 from .errors import RenalSegError
-from .network import FINE_IN_CHANNELS, NetworkConfig
+from .network import FINE_IN_CHANNELS, MEMORY_CHANNEL, NetworkConfig
 from .preprocess import grid_for_region, normalize_ct, resample_onto
 from .volume import read_labels, read_volume
 
@@ -189,7 +189,8 @@ class CachePatches:
         self.transform = patch_transforms(config, lesion_oversampling=True)
 
     def _files(self) -> list[Path]:
-        return [f for f in sorted(self.cache_dir.glob("*.npz")) if f.name.rsplit("_", 1)[0] not in self.exclude]
+        # Hidden files are volumes still being written (prepare_cache's ".partial-" names).
+        return [f for f in sorted(self.cache_dir.glob("*.npz")) if not f.name.startswith(".") and f.name.rsplit("_", 1)[0] not in self.exclude]
 
     def __iter__(self) -> Iterator[dict]:
         rng = random.Random(self.seed)
@@ -242,7 +243,8 @@ class FitOptions:
     validation_cases: list[str] = field(default_factory=list)  # cache names held out of training
     click_rate: float = 0.0  # fraction of fine-stage batches trained with simulated clicks
     max_click_rounds: int = 3
-    guidance_method: str = "adaptive"
+    guidance_method: str = "adaptive"  # or "gaussian", or "mixed": each click batch draws one of guidance.METHODS
+    memory_channel: bool = False  # fine stage: a 4th input channel holding the current mass mask (interaction memory)
     seed: int = 0
     init_weights: str = ""  # a new run starts from this checkpoint's or model file's weights (fine-tuning)
     bf16: bool = True
@@ -262,6 +264,16 @@ def bf16_supported() -> bool:
     except OSError:
         return capability == "AMX"
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def stage_config(stage: str, memory_channel: bool = False) -> NetworkConfig:
+    """The network config a run of ``stage`` trains; ``memory_channel`` adds the fine stage's mass-mask input."""
+    config = STAGES[stage]
+    if memory_channel:
+        if stage != "fine":
+            raise RenalSegError("the memory channel (current mass mask) is an input of the fine stage only")
+        config = replace(config, in_channels=MEMORY_CHANNEL + 1)
+    return config
 
 
 def training_progress(step: int, elapsed_s: float, options: FitOptions) -> float:
@@ -297,7 +309,7 @@ def fit(options: FitOptions) -> Path:
     if options.threads:
         torch.set_num_threads(options.threads)
     torch.manual_seed(options.seed + rank)
-    config = STAGES[options.stage]
+    config = stage_config(options.stage, options.memory_channel)
     # channels-last 3D lets oneDNN (CPU) and cuDNN pick their fastest convolution kernels (~25 % per step here).
     model = build_network(config).to(device, memory_format=torch.channels_last_3d)
     if distributed:
@@ -315,7 +327,7 @@ def fit(options: FitOptions) -> Path:
         step, elapsed = int(state["step"]), float(state.get("elapsed_s", 0.0))
         log.info("resumed %s at step %d", checkpoint, step)
     elif options.init_weights:
-        load_stage_weights(_unwrap(model), Path(options.init_weights), options.stage)
+        load_stage_weights(_unwrap(model), Path(options.init_weights), options.stage, widen=True)
         log.info("new run: weights from %s (%s stage), fresh optimizer and schedule", options.init_weights, options.stage)
     run_dir.mkdir(parents=True, exist_ok=True)  # only once the weights are known to load
     use_bf16 = options.bf16 and (device.type == "cuda" or bf16_supported())
@@ -359,13 +371,13 @@ def fit(options: FitOptions) -> Path:
             losses, started = [], time.time()
         done = training_progress(step, time.time() - run_started, options) >= 1.0
         if rank == 0 and (step % options.checkpoint_every == 0 or done):
-            _save_checkpoint(checkpoint, model, optimizer, step, time.time() - run_started)
+            _save_checkpoint(checkpoint, model, config, optimizer, step, time.time() - run_started)
         if rank == 0 and options.validation_cases and (step % options.validate_every == 0 or done):
             scores = validate(_unwrap(model), config, Path(options.cache_dir), options.validation_cases, autocast)
             log_file.write(json.dumps({"step": step, "validation": scores}) + "\n")
             log_file.flush()
             log.info("step %d validation %s", step, scores)
-            if _keep_if_best(run_dir / "best.pt", model, step, scores):
+            if _keep_if_best(run_dir / "best.pt", model, config, step, scores):
                 log.info("step %d is the best validation so far: %s", step, run_dir / "best.pt")
             model.train()
             started = time.time()
@@ -389,23 +401,28 @@ def _unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
-def _save_checkpoint(path: Path, model, optimizer, step: int, elapsed_s: float) -> None:
+def _save_checkpoint(path: Path, model, config: NetworkConfig, optimizer, step: int, elapsed_s: float) -> None:
     import torch
 
+    from .network import config_dict
+
     tmp = path.with_name(".partial-" + path.name)
-    torch.save({"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "step": step, "elapsed_s": elapsed_s}, tmp)
+    state = {"model": _unwrap(model).state_dict(), "config": config_dict(config), "optimizer": optimizer.state_dict(), "step": step, "elapsed_s": elapsed_s}
+    torch.save(state, tmp)
     os.replace(tmp, path)
 
 
-def _keep_if_best(path: Path, model, step: int, scores: dict[str, float]) -> bool:
+def _keep_if_best(path: Path, model, config: NetworkConfig, step: int, scores: dict[str, float]) -> bool:
     """Save the weights to ``path`` when their mean validation Dice beats the one saved there (survives resume)."""
     import torch
+
+    from .network import config_dict
 
     score = float(np.mean(list(scores.values())))
     if path.is_file() and torch.load(path, map_location="cpu", weights_only=True)["score"] >= score:
         return False
     tmp = path.with_name(".partial-" + path.name)
-    torch.save({"model": _unwrap(model).state_dict(), "step": step, "score": score, "validation": scores}, tmp)
+    torch.save({"model": _unwrap(model).state_dict(), "config": config_dict(config), "step": step, "score": score, "validation": scores}, tmp)
     os.replace(tmp, path)
     return True
 
@@ -448,10 +465,11 @@ class ClickRounds:
         import torch
 
         from .clicksim import next_click
-        from .guidance import encode_clicks
+        from .guidance import METHODS, encode_clicks
 
         x = x.clone()
         spacing = (STAGES["fine"].spacing_mm,) * 3
+        method = self.options.guidance_method if self.options.guidance_method != "mixed" else METHODS[int(rng.integers(len(METHODS)))]
         clicks: list[list] = [[] for _ in range(x.shape[0])]
         rounds = int(rng.integers(1, self.options.max_click_rounds + 1))
         model.eval()
@@ -459,43 +477,72 @@ class ClickRounds:
             with torch.no_grad(), autocast:
                 prediction = model(x).float().argmax(1).cpu().numpy()
             for b in range(x.shape[0]):
-                click = next_click(prediction[b], targets[b, 0], labels=(L.TUMOR, L.CYST))
+                click = next_click(prediction[b], targets[b, 0], labels=L.LESION_LABELS)
                 if click is None:
                     continue
                 clicks[b].append(click)
                 image = x[b, 0].cpu().numpy()
-                x[b, 1:3] = torch.from_numpy(encode_clicks(image, clicks[b], spacing, self.options.guidance_method))
+                x[b, 1:3] = torch.from_numpy(encode_clicks(image, clicks[b], spacing, method))
+                if x.shape[1] > MEMORY_CHANNEL:  # the mask the user is correcting: this round's masses
+                    x[b, MEMORY_CHANNEL] = torch.from_numpy(np.isin(prediction[b], L.LESION_LABELS).astype(np.float32))
         model.train()
         return x
 
 
-def stage_state_dict(path: Path, stage: str) -> dict:
-    """One stage's float32 weights from a training checkpoint (RUN/last.pt, RUN/best.pt) or a model file."""
+def stage_weights(path: Path, stage: str) -> tuple[dict, NetworkConfig]:
+    """One stage's float32 weights and network config from a training checkpoint (RUN/last.pt, RUN/best.pt)
+    or a model file (checkpoints written before configs were stored there get the stage's default)."""
     from .network import float_weights, read_weights_file
 
     payload = read_weights_file(path, "checkpoint or model file")
     if "model" in payload:
-        return payload["model"]
-    if stage not in payload:
+        state, config = payload["model"], NetworkConfig.from_dict(payload["config"]) if "config" in payload else STAGES[stage]
+    elif stage in payload:
+        state, config = float_weights(payload[stage]["state_dict"]), NetworkConfig.from_dict(payload[stage]["config"])
+    else:
         raise RenalSegError(f"{path}: model file has no {stage} stage (it has: {', '.join(payload)})")
-    return float_weights(payload[stage]["state_dict"])
+    if replace(config, in_channels=STAGES[stage].in_channels) != STAGES[stage]:
+        raise RenalSegError(f"{path}: its weights do not fit the {stage} network (another stage's or another architecture's)")
+    return state, config
 
 
-def load_stage_weights(module, path: Path, stage: str) -> None:
-    """Load one stage's weights from ``path`` into ``module``; weights of another network are a one-line error."""
+def load_stage_weights(module, path: Path, stage: str, widen: bool = False) -> None:
+    """Load one stage's weights from ``path`` into ``module``; weights of another network are a one-line error.
+
+    ``widen``: weights of a network with fewer input channels fill the first ones and the extra input
+    channels start at zero weight, so the widened network computes exactly what the loaded one did
+    while the new inputs are empty (fine-tuning a 3-channel model into one with the memory channel).
+    """
+    state, _ = stage_weights(path, stage)
+    if widen:
+        state = _widened(state, module.state_dict())
     try:
-        module.load_state_dict(stage_state_dict(path, stage))
+        module.load_state_dict(state)
     except RuntimeError:  # torch lists every missing or mis-shaped tensor
         raise RenalSegError(f"{path}: its weights do not fit the {stage} network (another stage's or another architecture's)") from None
 
 
+def _widened(state: dict, target: dict) -> dict:
+    """``state`` with each tensor that has fewer input channels (dim 1) than ``target``'s zero-padded to fit."""
+    import torch
+
+    out = dict(state)
+    for key, tensor in state.items():
+        want = target.get(key)
+        if want is not None and tensor.dim() == want.dim() >= 2 and tensor.shape[1] < want.shape[1] and tensor.shape[:1] + tensor.shape[2:] == want.shape[:1] + want.shape[2:]:
+            padding = torch.zeros((tensor.shape[0], want.shape[1] - tensor.shape[1], *tensor.shape[2:]), dtype=tensor.dtype)
+            out[key] = torch.cat([tensor, padding], dim=1)
+    return out
+
+
 def train_from_checkpoint(checkpoint: Path, stage: str):
-    """A fresh network of the stage with the weights of a checkpoint or model file (for bundling)."""
+    """A network of the stage, as configured and with the weights of a checkpoint or model file (for bundling)."""
     from .network import build_network
 
-    module = build_network(STAGES[stage])
+    _, config = stage_weights(checkpoint, stage)
+    module = build_network(config)
     load_stage_weights(module, checkpoint, stage)
-    return module.eval(), STAGES[stage]
+    return module.eval(), config
 
 
 def bundle(coarse_checkpoint: Path, fine_checkpoint: Path, out_path: Path, card: dict) -> Path:

@@ -116,3 +116,5 @@ def test_interactive_evaluation_reports_both_encodings_and_click_latency(tmp_pat
         assert summary["lesion_fn_rate_auto"] == 0.5  # the tumor missed, the cyst found
         assert summary["click_seconds"]["clicks"] >= 1 and summary["click_seconds"]["median"] > 0
     assert "click latency (adaptive" in capsys.readouterr().out
+    assert cli.main([*args, "--guidance", "gaussian"]) == 0  # one encoding only
+    assert list(json.loads(out.read_text())["methods"]) == ["gaussian"]

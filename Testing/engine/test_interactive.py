@@ -191,3 +191,23 @@ def test_crop_guidance_equals_encoding_the_clicks_on_the_whole_cached_grid(segme
     box = tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
     np.testing.assert_array_equal(guidance, whole[(slice(None), *box)])
     assert guidance[0].max() == 1.0 and guidance[1].max() == 1.0
+
+
+def test_a_memory_channel_network_sees_the_current_masses_on_its_crop(phantom) -> None:
+    """4-channel fine networks get the current tumor/cyst mask on the crop's grid as their last input channel."""
+    config = N.NetworkConfig.from_dict({**STAGES["fine"].__dict__, "filters": (4, 8, 16, 32, 64), "in_channels": 4})
+    memory = Segmenter(networks={"fine": (N.build_network(config).eval(), config)}, device=torch.device("cpu"))
+    session = RefinementSession(phantom.ct, sitk.GetArrayFromImage(phantom.labels), segmenter=memory)
+    seen = []
+
+    def capture(image, guidance, grid):
+        seen.append((guidance, grid))
+        return memory._predict("fine", image, guidance)
+
+    session._predict_crop = capture
+    session.add_click(_tumor_centre_lps(phantom), positive=True)
+    guidance, grid = seen[0]
+    assert guidance.shape[0] == 3
+    truth = sitk.GetArrayFromImage(resample_onto(phantom.labels, grid, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
+    np.testing.assert_array_equal(guidance[2], np.isin(truth, L.LESION_LABELS).astype(np.float32))
+    assert guidance[2].any() and guidance[0].max() > 0.5  # the tumor is in the crop, and so is the click

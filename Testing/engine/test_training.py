@@ -69,6 +69,16 @@ def test_patch_batches_have_the_patch_size_and_oversample_lesions(synthetic_cach
     assert lesion_patches >= 8  # 65 % of patch centres lie in a lesion
 
 
+def test_patch_stream_skips_volumes_still_being_written(synthetic_cache: Path) -> None:
+    """Training may start while prepare_cache is still writing: its '.partial-' files are not volumes yet."""
+    (synthetic_cache / ".partial-case_b_0.npz").write_bytes(b"")  # a write in progress (empty, unreadable)
+    patches = T.CachePatches(synthetic_cache, TINY_FINE, seed=0)
+    assert [f.name for f in patches._files()] == ["case_a_0.npz", "case_a_1.npz"]
+    stream = iter(patches)
+    for _ in range(4):
+        assert next(stream)["image"].shape == (1, 32, 32, 32)
+
+
 def test_learning_rate_warms_up_then_decays_to_one_percent() -> None:
     options = T.FitOptions(steps=1000, warmup_steps=100, learning_rate=1e-3)
     assert T.lr_at(0, 0.0, options) == pytest.approx(1e-5)
@@ -117,7 +127,7 @@ def test_a_new_run_can_start_from_a_model_files_weights(synthetic_cache: Path, t
     options = T.FitOptions(stage="fine", cache_dir=str(synthetic_cache), run_dir=str(tmp_path / "a"), steps=2, warmup_steps=1,
                            loader_workers=0, bf16=False)
     model_file = save_model(tmp_path / "model.pt", {"fine": T.train_from_checkpoint(T.fit(options), "fine")}, card={})
-    bundled = T.stage_state_dict(model_file, "fine")
+    bundled, _ = T.stage_weights(model_file, "fine")
     # lr 0: the one step leaves the weights as they were loaded
     tuned = T.fit(replace(options, run_dir=str(tmp_path / "b"), steps=1, learning_rate=0.0, init_weights=str(model_file)))
     weights = torch.load(tuned, weights_only=True)["model"]
@@ -125,7 +135,7 @@ def test_a_new_run_can_start_from_a_model_files_weights(synthetic_cache: Path, t
     fresh = torch.load(T.fit(replace(options, run_dir=str(tmp_path / "c"), steps=1, learning_rate=0.0)), weights_only=True)["model"]
     assert not all(torch.equal(fresh[k], v) for k, v in bundled.items() if v.is_floating_point())
     with pytest.raises(RenalSegError, match="no coarse stage"):
-        T.stage_state_dict(model_file, "coarse")
+        T.stage_weights(model_file, "coarse")
     with pytest.raises(RenalSegError, match="not found"):
         T.fit(replace(options, run_dir=str(tmp_path / "d"), init_weights=str(tmp_path / "missing.pt")))
     with pytest.raises(RenalSegError, match="do not fit the coarse network"):  # a fine-stage checkpoint
@@ -147,3 +157,44 @@ def test_fit_overfits_one_synthetic_case(synthetic_cache: Path, tmp_path: Path) 
         torch.set_num_threads(threads)  # fit sets the process-wide thread count
     scores = T.validate(model, config, synthetic_cache, ["case_a"], torch.autocast("cpu", enabled=False))
     assert min(scores.values()) > 0.9, scores
+
+
+def test_memory_channel_run_starts_from_a_3_channel_model_unchanged(synthetic_cache: Path, tmp_path: Path) -> None:
+    """--memory-channel --init 3-channel model: the widened network computes what the loaded one did while the
+    memory input is empty, and its checkpoint bundles as a 4-channel network."""
+    options = T.FitOptions(stage="fine", cache_dir=str(synthetic_cache), run_dir=str(tmp_path / "a"), steps=1, warmup_steps=1,
+                           loader_workers=0, bf16=False)
+    three, config3 = T.train_from_checkpoint(T.fit(options), "fine")
+    model_file = save_model(tmp_path / "model.pt", {"fine": (three, config3)}, card={})
+    widened = T.fit(replace(options, run_dir=str(tmp_path / "b"), learning_rate=0.0, init_weights=str(model_file), memory_channel=True))
+    four, config4 = T.train_from_checkpoint(widened, "fine")
+    assert (config3.in_channels, config4.in_channels) == (3, 4)
+    three, _ = T.train_from_checkpoint(model_file, "fine")  # the half-precision weights the run started from
+    x = torch.randn(1, 3, 32, 32, 32)
+    with torch.no_grad():
+        before = three(x)
+        empty = four(torch.cat([x, torch.zeros(1, 1, 32, 32, 32)], 1))
+        filled = four(torch.cat([x, torch.ones(1, 1, 32, 32, 32)], 1))
+    torch.testing.assert_close(empty, before)
+    torch.testing.assert_close(filled, before)  # the new input starts at zero weight (lr 0: still there)
+    with pytest.raises(RenalSegError, match="fine stage only"):
+        T.stage_config("coarse", memory_channel=True)
+
+
+def test_click_rounds_give_a_memory_network_the_masses_it_predicted() -> None:
+    """Simulated clicks: guidance channels get the click, the memory channel this round's predicted masses."""
+    target = np.zeros((1, 1, 24, 24, 24), np.int64)
+    target[0, 0, 4:12, 4:12, 4:12] = 2  # a lesion the 'network' misses
+    predicted = np.zeros((24, 24, 24), np.int64)
+    predicted[14:20, 14:20, 14:20] = 2  # ... and a leak it makes
+
+    def model(x):
+        return torch.from_numpy(np.eye(4, dtype=np.float32)[predicted].transpose(3, 0, 1, 2)[None].repeat(x.shape[0], 0))
+
+    model.eval = model.train = lambda: None
+    options = T.FitOptions(max_click_rounds=1, guidance_method="gaussian", memory_channel=True)
+    x = torch.zeros(1, 4, 24, 24, 24)
+    out = T.ClickRounds(options).add_clicks(model, x, target, torch.autocast("cpu", enabled=False), np.random.default_rng(0))
+    np.testing.assert_array_equal(out[0, 3].numpy(), (predicted == 2).astype(np.float32))
+    assert out[0, 1].max() > 0.9 and out[0, 1][4:12, 4:12, 4:12].max() > 0.9  # positive click on the larger missed lesion
+    assert float(x.abs().sum()) == 0.0  # the batch passed in is left as it was
