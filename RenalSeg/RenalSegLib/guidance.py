@@ -35,7 +35,8 @@ Click = tuple[tuple[int, int, int], bool]  # ((k, j, i) voxel index, positive?)
 METHODS = ("adaptive", "gaussian")
 # The encoding clicks use unless told otherwise: the one that won the latest clicks-to-Dice evaluation of
 # the bundled model (10 held-out synthetic cases, README "Click refinement": Gaussian spheres kept kidney
-# + masses Dice and gave higher masses Dice after 1, 3 and 10 clicks). Training still uses adaptive masks.
+# + masses Dice, gave higher tumor Dice after 1 and 3 clicks and higher masses Dice after every click).
+# The bundled model was trained on both encodings (train fit --guidance mixed).
 CLICK_DEFAULT = "gaussian"
 
 GAUSSIAN_SIGMA_VOXELS = 3.0  # DeepEdit's click encoding
