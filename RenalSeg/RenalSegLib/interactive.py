@@ -214,7 +214,7 @@ class RefinementSession:
                 inside = [slice(max(a, l), min(b, l + n)) for a, b, l, n in zip(start, stop, low, mask.shape)]
                 target = guidance[(0 if click.positive else 1, *(slice(i.start - a, i.stop - a) for i, a in zip(inside, start)))]
                 np.maximum(target, mask[tuple(slice(i.start - l, i.stop - l) for i, l in zip(inside, low))], out=target)
-        crop = self._crop_image(self._image[box], start)
+        crop = _box_image(self._image[box], self._grid, start)
         if config.in_channels > MEMORY_CHANNEL:
             guidance[MEMORY_CHANNEL - 1] = self._current_masses(crop)
         factor = max(1.0, float(np.max((stop - start) / np.array(config.patch_size))))
@@ -222,27 +222,16 @@ class RefinementSession:
             return sitk.GetArrayFromImage(crop), guidance, crop
         grid = grid_for_region(crop, (0, 0, 0), crop.GetSize(), self._grid.GetSpacing()[0] * factor)
         image = sitk.GetArrayFromImage(resample_onto(crop, grid, sitk.sitkLinear, AIR))
-        masks = self._crop_image(np.ascontiguousarray(np.moveaxis(guidance, 0, -1)), start, vector=True)
+        masks = _box_image(np.ascontiguousarray(np.moveaxis(guidance, 0, -1)), self._grid, start, vector=True)
         guidance = np.moveaxis(sitk.GetArrayFromImage(sitk.Resample(masks, grid, sitk.Transform(), sitk.sitkLinear, 0.0)), -1, 0)
         return image, np.ascontiguousarray(guidance), grid
-
-    def _crop_image(self, array: np.ndarray, start: np.ndarray, vector: bool = False) -> sitk.Image:
-        """An array of the cached grid's box starting at ``start`` (k, j, i), as an image in place."""
-        image = sitk.GetImageFromArray(array, isVector=vector)
-        image.SetSpacing(self._grid.GetSpacing())
-        image.SetDirection(self._grid.GetDirection())
-        image.SetOrigin(self._grid.TransformIndexToPhysicalPoint([int(v) for v in start[::-1]]))
-        return image
 
     def _current_masses(self, grid: sitk.Image) -> np.ndarray:
         """The current labels' masses (tumor or cyst) on ``grid``, 0/1 float32 (k, j, i): the memory channel."""
         corners = [grid.TransformContinuousIndexToPhysicalPoint(corner) for corner in _box_corners(np.zeros(3), np.array(grid.GetSize()) - 1)]
-        low, high = index_box_covering(self.ct, corners, 1)
-        masses = np.isin(self.labels[tuple(slice(int(a), int(b)) for a, b in zip(low[::-1], high[::-1]))], L.LESION_LABELS)
-        region = sitk.GetImageFromArray(masses.astype(np.uint8))
-        region.SetSpacing(self.ct.GetSpacing())
-        region.SetDirection(self.ct.GetDirection())
-        region.SetOrigin(self.ct.TransformIndexToPhysicalPoint([int(v) for v in low]))
+        low, high = (corner[::-1] for corner in index_box_covering(self.ct, corners, 1))  # (k, j, i)
+        masses = np.isin(self.labels[tuple(slice(int(a), int(b)) for a, b in zip(low, high))], L.LESION_LABELS)
+        region = _box_image(masses.astype(np.uint8), self.ct, low)
         return sitk.GetArrayFromImage(resample_onto(region, grid, sitk.sitkNearestNeighbor, 0, sitk.sitkFloat32))
 
     def _guidance_mask(self, click: Click) -> tuple[np.ndarray, np.ndarray]:
@@ -318,6 +307,15 @@ AIR = float(normalize_ct(np.array(-1024.0)))  # the normalised value of air, out
 def _voxel_of(image: sitk.Image, point_lps) -> np.ndarray:
     """The (k, j, i) voxel of ``image`` nearest to an LPS point (may lie outside the image)."""
     return np.round(physical_to_index(image, np.array(point_lps))[0][::-1]).astype(int)
+
+
+def _box_image(array: np.ndarray, reference: sitk.Image, start: np.ndarray, vector: bool = False) -> sitk.Image:
+    """``array``, the box of ``reference``'s voxels starting at ``start`` (k, j, i), as an image in place."""
+    image = sitk.GetImageFromArray(array, isVector=vector)
+    image.SetSpacing(reference.GetSpacing())
+    image.SetDirection(reference.GetDirection())
+    image.SetOrigin(reference.TransformIndexToPhysicalPoint([int(v) for v in start[::-1]]))
+    return image
 
 
 def _family(label: int) -> tuple[int, ...]:

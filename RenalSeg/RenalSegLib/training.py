@@ -322,6 +322,9 @@ def fit(options: FitOptions) -> Path:
     step, elapsed = 0, 0.0
     if checkpoint.is_file():
         state = torch.load(checkpoint, map_location=device, weights_only=True)
+        if "config" in state and NetworkConfig.from_dict(state["config"]) != config:
+            raise RenalSegError(f"{checkpoint} trains a network with {state['config']['in_channels']} input channels, this run one with "
+                                f"{config.in_channels}: resume it with the same --memory-channel setting")
         _unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, elapsed = int(state["step"]), float(state.get("elapsed_s", 0.0))
@@ -502,7 +505,7 @@ def stage_weights(path: Path, stage: str) -> tuple[dict, NetworkConfig]:
     else:
         raise RenalSegError(f"{path}: model file has no {stage} stage (it has: {', '.join(payload)})")
     if replace(config, in_channels=STAGES[stage].in_channels) != STAGES[stage]:
-        raise RenalSegError(f"{path}: its weights do not fit the {stage} network (another stage's or another architecture's)")
+        raise _not_fitting(path, stage)
     return state, config
 
 
@@ -519,7 +522,11 @@ def load_stage_weights(module, path: Path, stage: str, widen: bool = False) -> N
     try:
         module.load_state_dict(state)
     except RuntimeError:  # torch lists every missing or mis-shaped tensor
-        raise RenalSegError(f"{path}: its weights do not fit the {stage} network (another stage's or another architecture's)") from None
+        raise _not_fitting(path, stage) from None
+
+
+def _not_fitting(path: Path, stage: str) -> RenalSegError:
+    return RenalSegError(f"{path}: its weights do not fit the {stage} network (another stage's or another architecture's)")
 
 
 def _widened(state: dict, target: dict) -> dict:

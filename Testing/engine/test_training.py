@@ -179,6 +179,8 @@ def test_memory_channel_run_starts_from_a_3_channel_model_unchanged(synthetic_ca
     torch.testing.assert_close(filled, before)  # the new input starts at zero weight (lr 0: still there)
     with pytest.raises(RenalSegError, match="fine stage only"):
         T.stage_config("coarse", memory_channel=True)
+    with pytest.raises(RenalSegError, match="4 input channels, this run one with 3: resume it with the same --memory-channel"):
+        T.fit(replace(options, run_dir=str(tmp_path / "b"), steps=2))  # resumed without --memory-channel
 
 
 def test_click_rounds_give_a_memory_network_the_masses_it_predicted() -> None:
