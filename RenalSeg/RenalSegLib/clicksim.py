@@ -4,6 +4,9 @@ The simulated user follows the standard iterative protocol: find the largest con
 of the target class (missed voxels or leaked voxels) and click at its centre, the point farthest from
 the region's border (maximum of the Euclidean distance transform, in millimetres so anisotropic
 voxels are honoured). Border-of-image voxels count as border, so clicks stay inside the data.
+
+The network's guidance knows only where and which sign (``Click``); the evaluation's user also names
+the class of each click, as the Slicer module's user does (``UserClick``, ``user_click``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from scipy import ndimage
 
 from .guidance import Click
 from .labels import LESION_LABELS, TUMOR
+
+UserClick = tuple[tuple[int, int, int], bool, int]  # ((k, j, i) voxel index, positive?, class named)
 
 _FACES = ndimage.generate_binary_structure(3, 1)  # error regions: face-connected, as a user sees them in slices
 _FULL = ndimage.generate_binary_structure(3, 3)  # lesions: 26-connected, as in evaluation.lesion_detection
@@ -54,13 +59,29 @@ def next_click(
     return region_center(region, box, spacing), positive
 
 
+def user_click(click: Click, reference: np.ndarray, target: Sequence[int] = (TUMOR,)) -> UserClick:
+    """``click`` as given by a user who also names a class: the class the reference has under it.
+
+    A positive click names the reference class at its voxel. A negative click on a voxel that the
+    reference labels as a mass of another class (a cyst predicted as tumor, for a tumor target)
+    becomes a positive click of that class: the user relabels the mass instead of erasing it. Any
+    other negative click names the target's first class.
+    """
+    point, positive = click
+    truth = int(reference[point])
+    if positive or (truth in LESION_LABELS and truth not in target):
+        return point, True, truth
+    return point, False, int(target[0])
+
+
 def missed_lesion_clicks(
     prediction: np.ndarray,
     reference: np.ndarray,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
     labels: Sequence[int] = LESION_LABELS,
-) -> list[Click]:
-    """One positive click at the centre of each reference lesion that the prediction misses entirely.
+) -> list[UserClick]:
+    """One positive click, naming the lesion's class, at the centre of each reference lesion that the
+    prediction misses entirely.
 
     Lesions are the 26-connected components of ``labels`` (tumor and cyst by default) in
     ``reference``; a lesion is missed when no voxel of it is predicted as any of ``labels``.
@@ -75,7 +96,7 @@ def missed_lesion_clicks(
     clicks = []
     for lesion, box in enumerate(ndimage.find_objects(lesions), start=1):
         if not found[lesion]:
-            clicks.append((region_center(lesions[box] == lesion, box, spacing), True))
+            clicks.append(user_click((region_center(lesions[box] == lesion, box, spacing), True), reference))
     return clicks
 
 

@@ -10,7 +10,7 @@ lesion voxel overlaps it; a predicted lesion that overlaps no reference lesion i
 The interactive protocol (``click_protocol`` / ``interactive_evaluation``) works with any model: it
 takes a ``refine(clicks) -> prediction`` callable and plays a simulated user (``clicksim``)::
 
-    def make_refine(name, method):  # clicks are ((k, j, i), positive) in the reference's voxels
+    def make_refine(name, method):  # clicks are ((k, j, i), positive, class) in the reference's voxels
         return lambda clicks: my_model_segment(images[name], clicks, guidance=method)
 
     result = interactive_evaluation([(name, reference, spacing), ...], make_refine)
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .clicksim import Click, missed_lesion_clicks, next_click
+from .clicksim import UserClick, missed_lesion_clicks, next_click, user_click
 from .errors import RenalSegError
 from .labels import CYST, HEC_REGIONS, LESION_LABELS, SURFACE_DICE_TOLERANCE_MM, TUMOR, region_mask
 from .outputs import atomic_path
@@ -37,7 +37,7 @@ from .volume import LABEL_SUFFIXES, case_name
 
 HEC_NAMES = tuple(HEC_REGIONS)
 _FULL = ndimage.generate_binary_structure(3, 3)  # lesion components: 26-connected
-Refine = Callable[[list[Click]], np.ndarray]  # clicks so far -> KiTS label prediction (k, j, i)
+Refine = Callable[[list[UserClick]], np.ndarray]  # clicks so far -> KiTS label prediction (k, j, i)
 
 
 # --- per-case metrics ------------------------------------------------------------------------------
@@ -278,14 +278,15 @@ def click_protocol(
     """Play one simulated user on one case with one model and guidance encoding.
 
     Click 0 is auto mode (``refine([])``). Each further click goes to the centre of the largest error
-    region of the ``target`` class (``clicksim.next_click``), and ``refine`` gets the whole click
-    history. Returns ``dice`` (per HEC, Dice after 0..max_clicks clicks), ``noc85``/``noc90`` (the
+    region of the ``target`` class (``clicksim.next_click``), naming a class as a user would
+    (``clicksim.user_click``: a cyst called tumor gets a positive cyst click), and ``refine`` gets the
+    whole click history. Returns ``dice`` (per HEC, Dice after 0..max_clicks clicks), ``noc85``/``noc90`` (the
     fewest clicks, 0..noc_cap, giving tumor Dice >= 0.85 / 0.90; ``noc_cap`` when never reached;
     None when the reference has no tumor), and the lesion false negatives of auto mode versus after
     one click per missed lesion (a fresh session with only those clicks).
     """
     has_tumor = bool(np.any(reference == TUMOR))
-    clicks: list[Click] = []
+    clicks: list[UserClick] = []
     prediction = refine([])
     if prediction.shape != reference.shape:
         raise ValueError(f"refine returned shape {prediction.shape}, the reference has {reference.shape}")
@@ -302,7 +303,7 @@ def click_protocol(
             if click is None:
                 settled = True
             else:
-                clicks.append(click)
+                clicks.append(user_click(click, reference, target))
                 prediction = refine(list(clicks))
         tumor.append(dice(prediction == TUMOR, reference == TUMOR))
         if k <= max_clicks:

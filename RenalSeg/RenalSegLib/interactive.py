@@ -365,7 +365,7 @@ def _merge_clicked_structure(before: np.ndarray, proposal: np.ndarray, click_kji
 def click_refiner(session: RefinementSession):
     """Adapt a session to ``evaluation.click_protocol``'s ``refine(clicks) -> labels`` callable.
 
-    Clicks arrive as ((k, j, i) voxel of the CT, positive) with the whole history each time; only the
+    Clicks arrive as ((k, j, i) voxel of the CT, positive, class) with the whole history each time; only the
     new ones are applied, and a history that does not extend the previous one starts over from the
     session's initial labels.
     """
@@ -377,8 +377,8 @@ def click_refiner(session: RefinementSession):
         if clicks[: len(applied)] != applied or len(clicks) < len(applied):
             session.reset()
             applied = []
-        for kji, positive in clicks[len(applied):]:
-            session.add_click(session.ct.TransformIndexToPhysicalPoint([int(v) for v in reversed(kji)]), positive)
+        for kji, positive, label in clicks[len(applied):]:
+            session.add_click(session.ct.TransformIndexToPhysicalPoint([int(v) for v in reversed(kji)]), positive, label)
         applied = clicks
         return session.labels.copy()
 

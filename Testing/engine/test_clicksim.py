@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from RenalSegLib.clicksim import missed_lesion_clicks, next_click
+from RenalSegLib.clicksim import missed_lesion_clicks, next_click, user_click
 from RenalSegLib.labels import CYST, KIDNEY, TUMOR
 
 
@@ -84,5 +84,18 @@ def test_missed_lesion_clicks_mark_each_lesion_with_no_overlap():
     prediction[2:28, 2:28, 2:28] = KIDNEY
     prediction[7:12, 7:12, 7:12] = CYST
     clicks = missed_lesion_clicks(prediction, reference)
-    assert sorted(clicks) == [((17, 17, 6), True), ((22, 6, 22), True)]
+    assert sorted(clicks) == [((17, 17, 6), True, TUMOR), ((22, 6, 22), True, CYST)]  # each names its lesion's class
     assert missed_lesion_clicks(reference, reference) == []
+
+
+def test_the_user_names_the_class_a_click_is_about():
+    reference = np.zeros((20, 20, 20), np.uint8)
+    reference[2:18, 2:18, 2:18] = KIDNEY
+    reference[4:8, 4:8, 4:8] = TUMOR
+    reference[12:16, 12:16, 12:16] = CYST
+    assert user_click(((5, 5, 5), True), reference) == ((5, 5, 5), True, TUMOR)
+    assert user_click(((10, 10, 10), False), reference) == ((10, 10, 10), False, TUMOR)  # a leak into kidney
+    # A cyst predicted as tumor: the user says "cyst" there rather than erasing the mass.
+    assert user_click(((13, 13, 13), False), reference) == ((13, 13, 13), True, CYST)
+    # With masses as the target, a cyst is no error of class, so a negative click stays negative.
+    assert user_click(((10, 10, 10), False), reference, target=(TUMOR, CYST)) == ((10, 10, 10), False, TUMOR)

@@ -206,10 +206,41 @@ def test_click_protocol_counts_clicks_to_threshold_and_lesion_misses_exactly():
     run = evaluation.click_protocol(reference, spacing, oracle, max_clicks=10)
     assert run["dice"]["tumor"] == [0.0, 0.0, 0.0] + [1.0] * 8
     assert run["noc85"] == 3 and run["noc90"] == 3
-    assert all(positive and tumor[index] for index, positive in calls[1])  # clicks land inside the missed tumor
+    assert all(positive and tumor[index] and label == TUMOR for index, positive, label in calls[1])  # inside the missed tumor
     assert (run["lesions"], run["lesions_missed_auto"], run["lesions_missed_after_clicks"]) == (2, 1, 1)
     # auto + 3 clicks (after which the tumor is exact and no click is left to place) + the missed-lesion session
     assert len(calls) == 5
+
+
+def test_click_protocol_names_the_class_a_user_would_click():
+    """A cyst called tumor gets a positive cyst click (relabel), not a negative tumor click; so does a missed cyst."""
+    reference, _, tumor, spacing = two_lesion_case()
+    cyst = reference == CYST
+    auto = reference.copy()
+    auto[cyst] = TUMOR  # the cyst is called tumor
+    calls = []
+
+    def model(clicks):
+        calls.append(list(clicks))
+        prediction = auto.copy()
+        for point, positive, label in clicks:
+            if positive and cyst[point]:
+                prediction[cyst] = label
+        return prediction
+
+    run = evaluation.click_protocol(reference, spacing, model, max_clicks=2, noc_cap=2)
+    (point, positive, label), = calls[1]
+    assert cyst[point] and positive and label == CYST
+    assert run["dice"]["tumor"] == [pytest.approx(2 * tumor.sum() / (2 * tumor.sum() + cyst.sum())), 1.0, 1.0]
+    sessions = []
+
+    def misses_the_cyst(clicks):
+        sessions.append(list(clicks))
+        return np.where(cyst, KIDNEY, reference)
+
+    evaluation.click_protocol(reference, spacing, misses_the_cyst, max_clicks=0, noc_cap=0)
+    (point, positive, label), = sessions[-1]  # the one-click-per-missed-lesion session
+    assert cyst[point] and positive and label == CYST
 
 
 def test_click_protocol_caps_noc_when_the_threshold_is_never_reached():
@@ -234,7 +265,7 @@ def test_interactive_evaluation_reports_both_guidance_methods_side_by_side():
     def make_refine(name, method):
         def refine(clicks):  # stand-in model: thresholds the guidance the clicks produce
             prediction = auto.copy()
-            guidance = encode_clicks(image, clicks, spacing, method)
+            guidance = encode_clicks(image, [(point, positive) for point, positive, _ in clicks], spacing, method)
             prediction[guidance[0] > 0.5] = TUMOR
             prediction[(guidance[1] > 0.5) & (prediction == TUMOR)] = KIDNEY
             return prediction

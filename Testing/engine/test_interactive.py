@@ -13,7 +13,7 @@ from RenalSegLib import RenalSegError
 from RenalSegLib import labels as L
 from RenalSegLib import network as N
 from RenalSegLib.inference import Segmenter
-from RenalSegLib.interactive import RefinementSession
+from RenalSegLib.interactive import RefinementSession, click_refiner
 from RenalSegLib.preprocess import resample_onto
 from RenalSegLib.training import STAGES
 
@@ -125,6 +125,18 @@ def test_cyst_click_relabels_the_clicked_mass(segmenter, phantom) -> None:
     session.add_click(_tumor_centre_lps(phantom), positive=True, label=L.CYST)
     tumor = sitk.GetArrayViewFromImage(phantom.labels) == L.TUMOR
     assert (session.labels[tumor] == L.CYST).mean() > 0.9
+
+
+def test_click_refiner_passes_the_named_class_and_replays_a_changed_history(segmenter, phantom) -> None:
+    """The evaluation's simulated user calls a mass a cyst: the refiner relabels it; a new history starts over."""
+    session = RefinementSession(phantom.ct, sitk.GetArrayFromImage(phantom.labels), segmenter=segmenter)
+    session._predict_crop = _Oracle(session, phantom)
+    refine = click_refiner(session)
+    centre = tuple(int(v) for v in phantom.ct.TransformPhysicalPointToIndex(_tumor_centre_lps(phantom))[::-1])
+    tumor = sitk.GetArrayViewFromImage(phantom.labels) == L.TUMOR
+    assert (refine([(centre, True, L.CYST)])[tumor] == L.CYST).mean() > 0.9
+    assert (refine([(centre, True, L.TUMOR)])[tumor] == L.TUMOR).mean() > 0.9  # not an extension: reset, then replay
+    assert [click.label for click in session.clicks] == [L.TUMOR]
 
 
 def test_lesion_click_leaves_kidney_and_other_lesions_alone(segmenter, phantom) -> None:
