@@ -212,6 +212,7 @@ def segment(
     *,
     device: str = "auto",
     fast: bool = False,
+    flip_tta: bool = False,
     model_path=None,
     segmenter: Segmenter | None = None,
     progress: Progress | None = None,
@@ -234,7 +235,7 @@ def segment(
     t0 = time.perf_counter()
     if segmenter is None:
         report(0.0, "loading model")
-        segmenter = Segmenter.load(model_path, device, fast)
+        segmenter = Segmenter.load(model_path, device, fast, flip_tta)
     timings["load"] = time.perf_counter() - t0
     check_cancel()
     report(0.05, "finding kidneys")

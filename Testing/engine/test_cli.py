@@ -67,11 +67,18 @@ def test_cuda_request_without_gpu_is_a_clear_error(tmp_path: Path, capsys) -> No
     assert not (tmp_path / "labels.nii.gz").exists()
 
 
-def test_segment_writes_labels_with_the_ct_geometry(tmp_path: Path, untrained_model: Path) -> None:
-    model = untrained_model
+@pytest.mark.parametrize("tta", [False, True], ids=["plain", "tta"])
+def test_segment_writes_labels_with_the_ct_geometry(tmp_path: Path, untrained_model: Path, monkeypatch, tta: bool) -> None:
+    from RenalSegLib.inference import Segmenter
+
+    loaded = []
+    load = Segmenter.load.__func__
+    monkeypatch.setattr(Segmenter, "load", classmethod(lambda cls, *a, **kw: loaded.append(load(cls, *a, **kw)) or loaded[-1]))
     p = phantoms.kidney_phantom(size=(40, 36, 24), spacing=(5.0, 5.5, 7.0), direction=phantoms.oblique_direction(15.0), scale=0.8)
     sitk.WriteImage(p.ct, str(tmp_path / "ct.nrrd"))
-    assert cli.main(["segment", str(tmp_path / "ct.nrrd"), "-o", str(tmp_path / "labels.nii.gz"), "--model", str(model), "--device", "cpu"]) == 0
+    args = ["segment", str(tmp_path / "ct.nrrd"), "-o", str(tmp_path / "labels.nii.gz"), "--model", str(untrained_model), "--device", "cpu"]
+    assert cli.main(args + ["--tta"] * tta) == 0
+    assert [segmenter.flip_tta for segmenter in loaded] == [tta]
     labels = sitk.ReadImage(str(tmp_path / "labels.nii.gz"))
     assert labels.GetSize() == p.ct.GetSize()
     np.testing.assert_allclose(labels.GetDirection(), p.ct.GetDirection(), atol=1e-6)
