@@ -293,7 +293,7 @@ class RefinementSession:
         kidney, tumor, cyst = (resampled[..., c] for c in range(3))
         proposal = decide_labels((1.0 - (kidney + tumor + cyst), kidney, tumor, cyst))
         click_kji = _voxel_of(target, click.point_lps)
-        merged = _merge_clicked_structure(self.labels[box], proposal, click_kji, family)
+        merged = _merge_clicked_structure(self.labels[box], proposal, click_kji, family, click.positive)
         if click.positive and click.label in L.LESION_LABELS:
             lesion = _component_at(merged, click_kji)
             if lesion is not None:
@@ -343,13 +343,15 @@ def _touches_border(mask: np.ndarray) -> bool:
     return bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any() or mask[:, :, 0].any() or mask[:, :, -1].any())
 
 
-def _merge_clicked_structure(before: np.ndarray, proposal: np.ndarray, click_kji, family) -> np.ndarray:
+def _merge_clicked_structure(before: np.ndarray, proposal: np.ndarray, click_kji, family, positive: bool = True) -> np.ndarray:
     """Take the proposal only on the structure the click is about; keep every other voxel as it was.
 
     The structure is the connected component, under the click, of the ``family`` labels (``_family``)
     of both the current labels and the proposal: a tumor or cyst click acts on the one mass it touches,
     as it was and as the network now sees it, so it cannot erode or leak the kidney or change another
-    lesion in the crop. Nothing changes if the click lies on neither.
+    lesion in the crop. Nothing changes if the click lies on neither. A negative click only removes:
+    voxels may leave the structure, none join it or change class (the network, told "not tumor here",
+    sometimes answers "cyst" or grows the mass elsewhere).
     """
     from scipy import ndimage
 
@@ -358,6 +360,8 @@ def _merge_clicked_structure(before: np.ndarray, proposal: np.ndarray, click_kji
     merged = before.copy()
     if components[index]:
         region = components == components[index]
+        if not positive:
+            region &= np.isin(before, family) & ~np.isin(proposal, family)
         merged[region] = proposal[region]
     return merged
 

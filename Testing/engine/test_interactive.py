@@ -157,6 +157,28 @@ def test_lesion_click_leaves_kidney_and_other_lesions_alone(segmenter, phantom) 
     assert not (session.labels[spurious] == L.CYST).any()
 
 
+def test_negative_click_only_removes_from_the_clicked_mass(segmenter, phantom) -> None:
+    """The network, told "not tumor" on a tumor that leaks into kidney, drops the leak, calls the rest cyst and grows
+    it into kidney on the far side: only the removal is taken."""
+    truth = sitk.GetArrayFromImage(phantom.labels)
+    grid = phantoms.physical_grid(phantom.ct)
+    centre = phantoms.image_center(phantom.ct) + np.array(phantoms.TUMOR["center"])
+    tumor = truth == L.TUMOR
+    leak = phantoms.ellipsoid(grid, centre + np.array([16.0, 0.0, 0.0]), (7.0, 7.0, 7.0)) & (truth == L.KIDNEY)  # medial
+    grown = phantoms.ellipsoid(grid, centre + np.array([0.0, 0.0, -16.0]), (7.0, 7.0, 7.0)) & (truth == L.KIDNEY)  # caudal
+    start_labels = truth.copy()
+    start_labels[leak] = L.TUMOR
+    proposal = truth.copy()
+    proposal[tumor | grown] = L.CYST
+    session = RefinementSession(phantom.ct, start_labels, segmenter=segmenter)
+    session._predict_crop = _Oracle(session, phantom, proposal)
+    session.add_click(tuple(centre + np.array([18.0, 0.0, 0.0])), positive=False)
+    inner = ndimage.binary_erosion(leak)  # the 1.5 mm round trip moves borders by a voxel
+    assert inner.any() and (session.labels[inner] == L.KIDNEY).all()
+    assert (session.labels[ndimage.binary_erosion(tumor)] == L.TUMOR).all()  # not turned into cyst
+    assert not np.isin(session.labels[grown], L.LESION_LABELS).any()
+
+
 def test_kidney_click_restores_kidney(segmenter, phantom) -> None:
     truth = sitk.GetArrayFromImage(phantom.labels)
     start_labels = truth.copy()
