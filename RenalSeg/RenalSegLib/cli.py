@@ -38,8 +38,8 @@ def _add_segment(sub) -> None:
                    "label maps already in the output folder are kept")
     p.add_argument("--stl", metavar="DIR", help="also write one STL mesh per segment into DIR")
     p.add_argument("--fast", action="store_true", help="less window overlap: faster, slightly less accurate")
-    p.add_argument("--tta", action="store_true", help="flip test-time augmentation: average the networks over the CT and "
-                   "its three mirror images (about 4x the network time; ignored with --fast)")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: average the networks over the CT and its "
+                   "left-right mirror image (about 2x the network time; ignored with --fast)")
     p.add_argument("--model", help="model file (default: the bundled model)")
     _add_device(p)
 
