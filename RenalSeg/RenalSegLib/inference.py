@@ -22,7 +22,7 @@ import SimpleITK as sitk
 from . import labels as L
 from .errors import RenalSegError
 from .network import minimum_input_multiple
-from .preprocess import grid_for_image, grid_for_region, index_box_covering, normalize_ct, resample_onto
+from .preprocess import LEFT_RIGHT_AXIS, grid_for_image, grid_for_region, index_box_covering, normalize_ct, resample_onto
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,6 @@ MIN_KIDNEY_ML = 15.0  # coarse components smaller than this are not kidneys
 MIN_KIDNEY_TISSUE_ML = 30.0
 MIN_LESION_ML = 1.0  # lesion components smaller than this are noise (tuned with MASS_SHARE, below)
 MAX_KIDNEYS = 2  # kidney-and-masses components kept, those with the most kidney voxels
-LEFT_RIGHT_AXIS = 4  # of a (batch, channel, k, j, i) network input: i runs left-right on the networks' grids
 # A foreground voxel is a mass when tumor + cyst hold this share of its foreground probability (argmax
 # needs about 0.5, and splits a mass's probability between tumor and cyst). Tuned with MIN_LESION_ML on 10
 # training-split synthetic cases (23 lesions), postprocessed: argmax with 0.5 mL, the previous rule, gave
@@ -83,13 +82,17 @@ class Segmenter:
         # Windows of the training patch size: the networks' instance norms see the statistics they were
         # trained with (on 6 held-out synthetic cases, masses Dice 0.62 with 64^3 windows, 0.45 with 96^3).
         window = [min(p, _round_up(s, minimum_input_multiple(config))) for p, s in zip(config.patch_size, image.shape)]
+
+        def windows(inputs):
+            return sliding_window_inference(inputs, window, 2, module, overlap=0.125 if self.fast else 0.25, mode="gaussian", padding_mode="constant")
+
         with torch.inference_mode(), _autocast(self.device):
-            logits = sliding_window_inference(x, window, 2, module, overlap=0.125 if self.fast else 0.25, mode="gaussian", padding_mode="constant")
+            logits = windows(x)
             if self.flip_tta and not self.fast:
                 # The left-right mirror only: the networks trained with it (training.patch_transforms). Mirroring all
                 # three axes cost 0.03 masses Dice on 40 held-out synthetic cases: the other mirrors are unseen anatomy.
-                mirrored = sliding_window_inference(torch.flip(x, (LEFT_RIGHT_AXIS,)), window, 2, module, overlap=0.25, mode="gaussian", padding_mode="constant")
-                logits = logits + torch.flip(mirrored, (LEFT_RIGHT_AXIS,))
+                mirror = (2 + LEFT_RIGHT_AXIS,)  # past the batch and channel axes
+                logits = logits + torch.flip(windows(torch.flip(x, mirror)), mirror)
         return torch.softmax(logits.float(), 1)[0].cpu().numpy()
 
     def kidney_regions(self, ct: sitk.Image) -> list[tuple[np.ndarray, np.ndarray]]:

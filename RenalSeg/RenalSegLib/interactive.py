@@ -343,7 +343,7 @@ def _touches_border(mask: np.ndarray) -> bool:
     return bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any() or mask[:, :, 0].any() or mask[:, :, -1].any())
 
 
-def _merge_clicked_structure(before: np.ndarray, proposal: np.ndarray, click_kji, family, positive: bool = True) -> np.ndarray:
+def _merge_clicked_structure(before: np.ndarray, proposal: np.ndarray, click_kji, family, positive: bool) -> np.ndarray:
     """Take the proposal only on the structure the click is about; keep every other voxel as it was.
 
     The structure is the connected component, under the click, of the ``family`` labels (``_family``)

@@ -13,6 +13,7 @@ import SimpleITK as sitk
 # Fixed CT window for the networks: covers fat (-100) to enhancing cortex / contrast (~500 HU).
 HU_MIN, HU_MAX = -250.0, 550.0
 HU_CENTER, HU_SCALE = 150.0, 200.0
+LEFT_RIGHT_AXIS = 2  # of a (k, j, i) array on the networks' grids (``canonical_axes``): i runs left-right
 
 
 def normalize_ct(hu: np.ndarray) -> np.ndarray:

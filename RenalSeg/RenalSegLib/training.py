@@ -28,7 +28,7 @@ import SimpleITK as sitk
 from . import labels as L
 from .errors import RenalSegError
 from .network import FINE_IN_CHANNELS, MEMORY_CHANNEL, NetworkConfig
-from .preprocess import grid_for_region, normalize_ct, resample_onto
+from .preprocess import LEFT_RIGHT_AXIS, grid_for_region, normalize_ct, resample_onto
 from .volume import read_labels, read_volume
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ def patch_transforms(config: NetworkConfig, lesion_oversampling: bool):
             T.RandCropByLabelClassesd(
                 keys=("image", "label"), label_key="label", spatial_size=config.patch_size, ratios=ratios, num_classes=classes, num_samples=1, warn=False
             ),
-            T.RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=2),  # left-right mirror: kidneys are near-symmetric
+            T.RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=LEFT_RIGHT_AXIS),  # left-right mirror: kidneys are near-symmetric
             T.RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
             T.RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
             T.RandGaussianNoised(keys="image", std=0.03, prob=0.3),
