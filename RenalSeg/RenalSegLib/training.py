@@ -433,10 +433,13 @@ def _keep_if_best(path: Path, model, config: NetworkConfig, step: int, scores: d
 def validate(model, config: NetworkConfig, cache_dir: Path, names: list[str], autocast) -> dict[str, float]:
     """Mean Dice per KiTS region (fine) or of the kidney mask (coarse) on held-out cached volumes.
 
-    Sliding windows of the training patch size, as in inference (instance norms are sensitive to the window).
+    Sliding windows of the training patch size and, for the fine stage, labels decided down the KiTS
+    hierarchy, as in inference (so the best checkpoint is chosen on the decision that ships).
     """
     import torch
     from monai.inferers import sliding_window_inference
+
+    from .inference import decide_labels
 
     model.eval()
     dice: dict[str, list[float]] = {}
@@ -449,7 +452,10 @@ def validate(model, config: NetworkConfig, cache_dir: Path, names: list[str], au
             x[0, 0] = torch.from_numpy(image)
             with autocast:
                 logits = sliding_window_inference(x, config.patch_size, 1, model, overlap=0.25, mode="gaussian", padding_mode="constant")
-            prediction = logits.float().argmax(1)[0].numpy()
+            if config.out_channels == 4:
+                prediction = decide_labels(torch.softmax(logits.float(), 1)[0].numpy())
+            else:
+                prediction = logits.float().argmax(1)[0].numpy()
             regions = L.HEC_REGIONS if config.out_channels == 4 else {"kidney_and_masses": (1,)}
             for region, values in regions.items():
                 p, r = np.isin(prediction, values), np.isin(reference, values)

@@ -200,3 +200,19 @@ def test_click_rounds_give_a_memory_network_the_masses_it_predicted() -> None:
     np.testing.assert_array_equal(out[0, 3].numpy(), (predicted == 2).astype(np.float32))
     assert out[0, 1].max() > 0.9 and out[0, 1][4:12, 4:12, 4:12].max() > 0.9  # positive click on the larger missed lesion
     assert float(x.abs().sum()) == 0.0  # the batch passed in is left as it was
+
+
+def test_validation_scores_the_hierarchical_decision_that_ships(tmp_path: Path) -> None:
+    """Background 0.45, kidney 0.40, tumor 0.15 everywhere: argmax says background, the KiTS hierarchy
+    (foreground where background < 0.5; not a mass: masses hold under MASS_SHARE) says kidney."""
+    shape = (32, 32, 32)
+    np.savez(tmp_path / "case_v_0.npz", ct=np.zeros(shape, np.int16), labels=np.ones(shape, np.uint8))
+    logits = torch.log(torch.tensor([0.45, 0.40, 0.15, 1e-6])).view(1, 4, 1, 1, 1)
+
+    def model(x):
+        return logits.expand(x.shape[0], 4, *x.shape[2:]).clone()
+
+    model.eval = lambda: None
+    config = replace(TINY_FINE, patch_size=(16, 16, 16))
+    scores = T.validate(model, config, tmp_path, ["case_v"], torch.autocast("cpu", enabled=False))
+    assert scores == {"kidney_and_masses": 1.0}  # argmax would score 0.0; no mass predicted or present: unscored
