@@ -128,17 +128,17 @@ class Segmenter:
         return out
 
 
-def decide_labels(probabilities) -> np.ndarray:
+def decide_labels(probabilities, mass_share: float = MASS_SHARE) -> np.ndarray:
     """KiTS labels from class probabilities (background, kidney, tumor, cyst), decided down the KiTS hierarchy.
 
     Foreground where background is below 0.5; within it, a mass (tumor or cyst) where the masses hold
-    ``MASS_SHARE`` of the foreground probability; within masses, tumor or cyst by the likelier. Each
+    ``mass_share`` of the foreground probability; within masses, tumor or cyst by the likelier. Each
     decision is the one a KiTS region (kidney and masses, masses, tumor) is scored on.
     """
     background, kidney, tumor, cyst = probabilities
     masses = tumor + cyst
     labels = np.where(background < 0.5, L.KIDNEY, L.BACKGROUND).astype(np.uint8)
-    is_mass = (labels == L.KIDNEY) & (masses > MASS_SHARE * (kidney + masses))
+    is_mass = (labels == L.KIDNEY) & (masses > mass_share * (kidney + masses))
     labels[is_mass] = np.where(tumor >= cyst, L.TUMOR, L.CYST)[is_mass]
     return labels
 

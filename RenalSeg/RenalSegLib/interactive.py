@@ -24,7 +24,7 @@ import SimpleITK as sitk
 from . import labels as L
 from .errors import RenalSegError
 from .guidance import CLICK_DEFAULT
-from .inference import Segmenter, decide_labels
+from .inference import MASS_SHARE, Segmenter, decide_labels
 from .network import MEMORY_CHANNEL
 from .preprocess import grid_for_image, grid_for_region, index_box_covering, normalize_ct, resample_onto
 from .volume import physical_to_index
@@ -38,6 +38,9 @@ CROP_MARGIN_MM = 10.0  # context kept around a labelled mass when choosing the f
 # A negative click erases the whole structure under it when the network drops at least this share of it
 # (a false lesion; on leaks of true tumors it dropped at most 0.43; see _merge_clicked_structure).
 NEGATIVE_ERASE_SHARE = 0.5
+# After a negative click a voxel stays a mass only where the masses hold half of the foreground probability
+# (auto mode needs inference.MASS_SHARE, 0.3): the user has said there is too much mass here.
+NEGATIVE_MASS_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -265,7 +268,8 @@ class RefinementSession:
         The click acts on one structure (``_merge_clicked_structure``): the box covers it as the network
         now sees it and as it is labelled now, within the CT voxels strictly inside the crop, so only
         voxels that can change are resampled. There the network's probabilities are resampled onto the
-        CT, decided into labels (``inference.decide_labels``) and merged into the current labels.
+        CT, decided into labels (``inference.decide_labels``; after a negative click with the stricter
+        ``NEGATIVE_MASS_SHARE``) and merged into the current labels.
         """
         family = _family(click.label)
         corners = [grid.TransformContinuousIndexToPhysicalPoint(corner) for corner in _box_corners(np.zeros(3), np.array(grid.GetSize()) - 1)]
@@ -294,7 +298,8 @@ class RefinementSession:
         foreground.CopyInformation(grid)
         resampled = sitk.GetArrayFromImage(sitk.Resample(foreground, target, sitk.Transform(), sitk.sitkLinear, 0.0))
         kidney, tumor, cyst = (resampled[..., c] for c in range(3))
-        proposal = decide_labels((1.0 - (kidney + tumor + cyst), kidney, tumor, cyst))
+        share = NEGATIVE_MASS_SHARE if not click.positive else MASS_SHARE
+        proposal = decide_labels((1.0 - (kidney + tumor + cyst), kidney, tumor, cyst), share)
         click_kji = _voxel_of(target, click.point_lps)
         merged = _merge_clicked_structure(self.labels[box], proposal, click_kji, family, click.positive)
         if click.positive and click.label in L.LESION_LABELS:

@@ -204,6 +204,34 @@ def test_negative_click_erases_a_false_lesion_the_network_drops_most_of(segmente
     np.testing.assert_array_equal(session.labels[~island], truth[~island])
 
 
+@pytest.mark.parametrize("positive", [False, True])
+def test_after_a_negative_click_a_mass_needs_half_the_foreground_probability(segmenter, phantom, positive) -> None:
+    """A leak the network still gives 40 % mass probability: a mass in auto mode (MASS_SHARE 0.3) and after a
+    positive click, kidney after a negative one; the tumor itself (all mass) stays."""
+    truth = sitk.GetArrayFromImage(phantom.labels)
+    grid = phantoms.physical_grid(phantom.ct)
+    centre = phantoms.image_center(phantom.ct) + np.array(phantoms.TUMOR["center"])
+    leak = phantoms.ellipsoid(grid, centre + np.array([16.0, 0.0, 0.0]), (7.0, 7.0, 7.0)) & (truth == L.KIDNEY)
+    start_labels = truth.copy()
+    start_labels[leak] = L.TUMOR
+    soft = sitk.GetImageFromArray(leak.astype(np.uint8))
+    soft.CopyInformation(phantom.ct)
+    oracle = _Oracle(None, phantom, start_labels)
+
+    def predict(image, guidance, crop_grid):
+        probabilities = oracle(image, guidance, crop_grid)
+        in_leak = sitk.GetArrayFromImage(resample_onto(soft, crop_grid, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)) > 0
+        probabilities[:, in_leak] = np.array([0.0, 0.6, 0.4, 0.0], np.float32)[:, None]
+        return probabilities
+
+    session = RefinementSession(phantom.ct, start_labels, segmenter=segmenter)
+    session._predict_crop = predict
+    session.add_click(tuple(centre + np.array([18.0, 0.0, 0.0])), positive=positive)
+    inner = ndimage.binary_erosion(leak)  # the 1.5 mm round trip moves borders by a voxel
+    assert inner.any() and (session.labels[inner] == (L.TUMOR if positive else L.KIDNEY)).all()
+    assert (session.labels[ndimage.binary_erosion(truth == L.TUMOR)] == L.TUMOR).all()
+
+
 def test_kidney_click_restores_kidney(segmenter, phantom) -> None:
     truth = sitk.GetArrayFromImage(phantom.labels)
     start_labels = truth.copy()
