@@ -298,7 +298,7 @@ class RefinementSession:
         foreground.CopyInformation(grid)
         resampled = sitk.GetArrayFromImage(sitk.Resample(foreground, target, sitk.Transform(), sitk.sitkLinear, 0.0))
         kidney, tumor, cyst = (resampled[..., c] for c in range(3))
-        share = NEGATIVE_MASS_SHARE if not click.positive else MASS_SHARE
+        share = MASS_SHARE if click.positive else NEGATIVE_MASS_SHARE
         proposal = decide_labels((1.0 - (kidney + tumor + cyst), kidney, tumor, cyst), share)
         click_kji = _voxel_of(target, click.point_lps)
         merged = _merge_clicked_structure(self.labels[box], proposal, click_kji, family, click.positive)
@@ -374,8 +374,10 @@ def _merge_clicked_structure(before: np.ndarray, proposal: np.ndarray, click_kji
         if not positive:
             region &= np.isin(before, family) & ~np.isin(proposal, family)
         merged[region] = proposal[region]
+    if positive:
+        return merged
     labelled = _component_at(before, click_kji, family)
-    if not positive and labelled is not None and (labelled & ~np.isin(proposal, family)).sum() >= NEGATIVE_ERASE_SHARE * labelled.sum():
+    if labelled is not None and (labelled & ~np.isin(proposal, family)).sum() >= NEGATIVE_ERASE_SHARE * labelled.sum():
         outside = L.KIDNEY if family == L.LESION_LABELS else L.BACKGROUND
         merged[labelled] = np.where(np.isin(proposal[labelled], family), outside, proposal[labelled])
     return merged

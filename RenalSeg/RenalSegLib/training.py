@@ -453,10 +453,9 @@ def validate(model, config: NetworkConfig, cache_dir: Path, names: list[str], au
             with autocast:
                 logits = sliding_window_inference(x, config.patch_size, 1, model, overlap=0.25, mode="gaussian", padding_mode="constant")
             if config.out_channels == 4:
-                prediction = decide_labels(torch.softmax(logits.float(), 1)[0].numpy())
+                prediction, regions = decide_labels(torch.softmax(logits.float(), 1)[0].numpy()), L.HEC_REGIONS
             else:
-                prediction = logits.float().argmax(1)[0].numpy()
-            regions = L.HEC_REGIONS if config.out_channels == 4 else {"kidney_and_masses": (1,)}
+                prediction, regions = logits.float().argmax(1)[0].numpy(), {"kidney_and_masses": (1,)}
             for region, values in regions.items():
                 p, r = np.isin(prediction, values), np.isin(reference, values)
                 if r.any() or p.any():
