@@ -179,10 +179,12 @@ def test_negative_click_only_removes_from_the_clicked_mass(segmenter, phantom) -
     assert not np.isin(session.labels[grown], L.LESION_LABELS).any()
 
 
-@pytest.mark.parametrize("cut_mm, erased", [(2.0, True), (-3.0, False)])
+@pytest.mark.parametrize("cut_mm, erased", [(3.0, True), (0.0, False), (-3.0, False)])
 def test_negative_click_erases_a_false_lesion_the_network_drops_most_of(segmenter, phantom, cut_mm, erased) -> None:
-    """A false tumor in the left kidney; told "not tumor", the network keeps only its top cap. Dropping
-    68 % of it (cut 2 mm above the centre) erases it all; dropping 23 % (cut 3 mm below) removes only that."""
+    """A false tumor in the left kidney; told "not tumor", the network keeps only its part on the patient's
+    left. Dropping 82 % of it (the network keeps what lies 3 mm left of its centre; shares as the merge sees
+    them, after resampling) erases it all; dropping 57 % (it keeps the left half, under
+    ``NEGATIVE_ERASE_SHARE``) or 32 % (it keeps all but 3 mm on the right) removes only that."""
     truth = sitk.GetArrayFromImage(phantom.labels)
     grid = phantoms.physical_grid(phantom.ct)
     centre = phantoms.image_center(phantom.ct) + np.array([55.0, 20.0, 15.0])
@@ -190,7 +192,7 @@ def test_negative_click_erases_a_false_lesion_the_network_drops_most_of(segmente
     assert (truth[island] == L.KIDNEY).all()
     start_labels = truth.copy()
     start_labels[island] = L.TUMOR
-    kept = island & (grid[..., 2] > centre[2] + cut_mm)
+    kept = island & (grid[..., 0] > centre[0] + cut_mm)
     proposal = truth.copy()
     proposal[kept] = L.TUMOR
     session = RefinementSession(phantom.ct, start_labels, segmenter=segmenter)
@@ -199,7 +201,7 @@ def test_negative_click_erases_a_false_lesion_the_network_drops_most_of(segmente
     if erased:
         assert (session.labels[island] == L.KIDNEY).all()
     else:
-        assert (session.labels[ndimage.binary_erosion(kept, iterations=2)] == L.TUMOR).all()
+        assert (session.labels[kept] == L.TUMOR).mean() > 0.8  # kept, but for resampling at its edge
         assert (session.labels[island & ~ndimage.binary_dilation(kept, iterations=2)] == L.KIDNEY).all()
     np.testing.assert_array_equal(session.labels[~island], truth[~island])
 
