@@ -88,6 +88,13 @@ def encode_clicks(
     return guidance
 
 
+def click_region(image: np.ndarray, center, spacing: tuple[float, float, float]) -> np.ndarray:
+    """The tissue a click is on: where its adaptive mask is non-zero (voxels connected to the click with
+    consistent intensity, within the size-adaptive radius); bool (k, j, i) of ``image``, arguments as in
+    ``encode_clicks``."""
+    return encode_clicks(image, [(center, True)], spacing, "adaptive")[0] > 0
+
+
 def reach_voxels(spacing: tuple[float, float, float], method: str = "adaptive") -> np.ndarray:
     """Half-width (voxels, per axis) of the box around a click outside which its mask is 0.
 

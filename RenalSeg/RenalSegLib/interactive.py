@@ -3,7 +3,8 @@
 Each click runs the fine network (with positive/negative click guidance) on a crop of the cached,
 preprocessed CT around the click, never on the whole volume, as one network window: crops grown for
 large lesions are seen at a coarser spacing. The result is merged back only inside that crop and only
-on the structure clicked (a lesion click changes that lesion, never the kidney or another lesion).
+on the structure clicked (a lesion click changes that lesion, never the kidney or another lesion), and a
+positive lesion click adds mass only over the tissue clicked (intensities consistent with the click).
 Labels the user locked are never changed. Every change is undoable.
 
 Example::
@@ -27,7 +28,7 @@ from .guidance import CLICK_DEFAULT
 from .inference import MASS_SHARE, Segmenter, decide_labels
 from .network import MEMORY_CHANNEL
 from .preprocess import grid_for_image, grid_for_region, index_box_covering, normalize_ct, resample_onto
-from .volume import physical_to_index
+from .volume import index_to_physical, physical_to_index
 
 Box = tuple[slice, slice, slice]
 # Crop extents in voxels of the 1.5 mm grid, each seen as one 64^3 window: 96 mm at 1.5 mm, 144 mm at 2.25 mm.
@@ -89,6 +90,7 @@ class RefinementSession:
         self._undo: list[_Change] = []
         self._redo: list[_Change] = []
         self._masks: dict[Click, tuple[np.ndarray, np.ndarray]] = {}  # each click's guidance on the cached grid
+        self._reaches: dict[Click, tuple[np.ndarray, np.ndarray]] = {}  # each positive click's reach on it
         # The preprocessed CT on the fine network's grid, computed once: a click costs one crop forward pass.
         _, config = self.segmenter.networks["fine"]
         self._grid = grid_for_image(ct, config.spacing_mm)
@@ -251,14 +253,43 @@ class RefinementSession:
         from .guidance import encode_clicks, reach_voxels
 
         if click not in self._masks:
-            spacing = self._grid.GetSpacing()[::-1]
-            centre = np.clip(_voxel_of(self._grid, click.point_lps), 0, np.array(self._image.shape) - 1)
-            half = reach_voxels(spacing, self.guidance) + 2
-            low = np.clip(centre - half, 0, None)
-            sub = self._image[tuple(slice(int(a), int(b)) for a, b in zip(low, centre + half + 1))]
-            masks = encode_clicks(sub, [(centre - low, click.positive)], spacing, self.guidance)
+            low, sub, centre = self._around(click, reach_voxels(self._grid.GetSpacing()[::-1], self.guidance) + 2)
+            masks = encode_clicks(sub, [(centre, click.positive)], self._grid.GetSpacing()[::-1], self.guidance)
             self._masks[click] = (low, masks[0 if click.positive else 1])
         return self._masks[click]
+
+    def _reach(self, click: Click) -> tuple[np.ndarray, np.ndarray]:
+        """Where a positive lesion click may add mass, on the cached grid, computed once: (its box's start
+        (k, j, i), mask): the clicked tissue (``guidance.click_region``: connected voxels of intensities
+        consistent with the click, within the adaptive mask's radius).
+
+        Told "tumor here", the network often grows a mass far into the kidney around the click. On 14
+        training-split synthetic cases (Gaussian clicks) bounding what a positive click adds to this region
+        raised tumor Dice after 1 / 3 / 10 clicks from 0.615 / 0.752 / 0.862 to 0.653 / 0.773 / 0.864 and
+        cut NoC@85 / 90 from 9.5 / 13.3 to 7.7 / 11.3; widening the region by 1 or 2 voxels did worse.
+        """
+        from .guidance import click_region, reach_voxels
+
+        if click not in self._reaches:
+            low, sub, centre = self._around(click, reach_voxels(self._grid.GetSpacing()[::-1]) + 2)
+            self._reaches[click] = (low, click_region(sub, centre, self._grid.GetSpacing()[::-1]))
+        return self._reaches[click]
+
+    def _around(self, click: Click, half: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The cached image within ``half`` voxels (k, j, i) of a click: (the box's start, the sub-image, the click in it)."""
+        centre = np.clip(_voxel_of(self._grid, click.point_lps), 0, np.array(self._image.shape) - 1)
+        low = np.clip(centre - half, 0, None)
+        return low, self._image[tuple(slice(int(a), int(b)) for a, b in zip(low, centre + half + 1))], centre - low
+
+    def _within_reach(self, box: Box, kji: np.ndarray, click: Click) -> np.ndarray:
+        """Which of the CT voxels ``kji`` (offsets in ``box``) lie in ``click``'s reach (``_reach``)."""
+        low, reach = self._reach(click)
+        points = index_to_physical(self.ct, (kji + [s.start for s in box])[:, ::-1].astype(float))
+        grid_kji = np.round(physical_to_index(self._grid, points)[:, ::-1]).astype(int) - low
+        inside = np.all((grid_kji >= 0) & (grid_kji < reach.shape), axis=1)
+        within = np.zeros(len(kji), bool)
+        within[inside] = reach[tuple(grid_kji[inside].T)]
+        return within
 
     def _predict_crop(self, image: np.ndarray, guidance: np.ndarray, grid: sitk.Image) -> np.ndarray:
         """Fine-network probabilities (4, k, j, i) on a network crop with its click guidance."""
@@ -271,7 +302,8 @@ class RefinementSession:
         now sees it and as it is labelled now, within the CT voxels strictly inside the crop, so only
         voxels that can change are resampled. There the network's probabilities are resampled onto the
         CT, decided into labels (``inference.decide_labels``; after a negative click with the stricter
-        ``NEGATIVE_MASS_SHARE``) and merged into the current labels.
+        ``NEGATIVE_MASS_SHARE``) and merged into the current labels; a positive lesion click adds mass
+        only within its reach (``_reach``).
         """
         family = _family(click.label)
         corners = [grid.TransformContinuousIndexToPhysicalPoint(corner) for corner in _box_corners(np.zeros(3), np.array(grid.GetSize()) - 1)]
@@ -303,8 +335,12 @@ class RefinementSession:
         share = MASS_SHARE if click.positive else NEGATIVE_MASS_SHARE
         proposal = decide_labels((1.0 - (kidney + tumor + cyst), kidney, tumor, cyst), share)
         click_kji = _voxel_of(target, click.point_lps)
-        merged = _merge_clicked_structure(self.labels[box], proposal, click_kji, family, click.positive)
+        before = self.labels[box]
+        merged = _merge_clicked_structure(before, proposal, click_kji, family, click.positive)
         if click.positive and click.label in L.LESION_LABELS:
+            added = np.argwhere(np.isin(merged, L.LESION_LABELS) & ~np.isin(before, L.LESION_LABELS))
+            beyond = tuple(added[~self._within_reach(box, added, click)].T)
+            merged[beyond] = before[beyond]
             lesion = _component_at(merged, click_kji)
             if lesion is not None:
                 merged[lesion] = click.label  # the class the user asked for
