@@ -203,21 +203,22 @@ def postprocess(kits: np.ndarray, spacing) -> np.ndarray:
         lesions[small[lesions]] = 0
         for index, mass_box in enumerate(ndimage.find_objects(lesions), start=1):
             if mass_box is not None:
-                _merge_class_fragments(view[mass_box], lesions[mass_box] == index, voxel_ml)
+                _merge_class_fragments(view[mass_box], lesions[mass_box] == index, tuple(spacing)[::-1])
     return out
 
 
-def _merge_class_fragments(labels: np.ndarray, mass: np.ndarray, voxel_ml: float) -> None:
+def _merge_class_fragments(labels: np.ndarray, mass: np.ndarray, spacing_kji) -> None:
     """Give the tumor or cyst parts of one mass that are smaller than ``MIN_LESION_ML`` their nearest
-    larger part's class (or, with no larger part, the mass's majority class), in place.
+    larger part's class (nearest in mm; with no larger part, the mass's majority class), in place.
 
     The network sometimes splits one mass into a tumor and specks of cyst (or the reverse); a speck is
-    not a lesion of its own. On 14 training-split synthetic cases (bundled model) the tumor and cyst
+    not a lesion of its own. On 14 training-split synthetic cases (the model it shipped with) the tumor and cyst
     components measured as lesions (``measure.MIN_LESION_MM3``) fell from 69 to 41; mean tumor Dice
     moved from 0.572 to 0.574.
     """
     from scipy import ndimage
 
+    voxel_ml = float(np.prod(spacing_kji)) / 1000.0
     fragments = np.zeros(mass.shape, bool)
     for label in L.LESION_LABELS:
         parts, count = ndimage.label(mass & (labels == label))
@@ -231,7 +232,7 @@ def _merge_class_fragments(labels: np.ndarray, mass: np.ndarray, voxel_ml: float
         classes = labels[mass]
         labels[mass] = L.TUMOR if (classes == L.TUMOR).sum() >= (classes == L.CYST).sum() else L.CYST
         return
-    nearest = ndimage.distance_transform_edt(~large, return_distances=False, return_indices=True)
+    nearest = ndimage.distance_transform_edt(~large, sampling=spacing_kji, return_distances=False, return_indices=True)
     labels[fragments] = labels[tuple(axis[fragments] for axis in nearest)]
 
 
