@@ -37,7 +37,7 @@ Box = tuple[slice, slice, slice]
 CROP_EXTENTS = (64, 96)  # grown while the clicked lesion touches the border
 CROP_MARGIN_MM = 10.0  # context kept around a labelled mass when choosing the first crop
 # A negative click erases the whole structure under it when the network drops at least this share of it
-# (a false lesion; see _merge_clicked_structure). On 14 training-split synthetic cases (bundled model) the
+# (a false lesion; see _merge_clicked_structure). On 14 training-split synthetic cases (the previous model) the
 # network dropped at most 0.41 of a structure holding true tumor and 0.70-1.0 of the false lesions it erased;
 # at 0.5, one held-out click (a false mass joined to a true tumor, 0.53 dropped) erased the true tumor.
 NEGATIVE_ERASE_SHARE = 0.6
@@ -253,8 +253,9 @@ class RefinementSession:
         from .guidance import encode_clicks, reach_voxels
 
         if click not in self._masks:
-            low, sub, centre = self._around(click, reach_voxels(self._grid.GetSpacing()[::-1], self.guidance) + 2)
-            masks = encode_clicks(sub, [(centre, click.positive)], self._grid.GetSpacing()[::-1], self.guidance)
+            spacing = self._grid.GetSpacing()[::-1]
+            low, sub, centre = self._around(click, reach_voxels(spacing, self.guidance) + 2)
+            masks = encode_clicks(sub, [(centre, click.positive)], spacing, self.guidance)
             self._masks[click] = (low, masks[0 if click.positive else 1])
         return self._masks[click]
 
@@ -271,8 +272,9 @@ class RefinementSession:
         from .guidance import click_region, reach_voxels
 
         if click not in self._reaches:
-            low, sub, centre = self._around(click, reach_voxels(self._grid.GetSpacing()[::-1]) + 2)
-            self._reaches[click] = (low, click_region(sub, centre, self._grid.GetSpacing()[::-1]))
+            spacing = self._grid.GetSpacing()[::-1]
+            low, sub, centre = self._around(click, reach_voxels(spacing) + 2)
+            self._reaches[click] = (low, click_region(sub, centre, spacing))
         return self._reaches[click]
 
     def _around(self, click: Click, half: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -339,8 +341,9 @@ class RefinementSession:
         merged = _merge_clicked_structure(before, proposal, click_kji, family, click.positive)
         if click.positive and click.label in L.LESION_LABELS:
             added = np.argwhere(np.isin(merged, L.LESION_LABELS) & ~np.isin(before, L.LESION_LABELS))
-            beyond = tuple(added[~self._within_reach(box, added, click)].T)
-            merged[beyond] = before[beyond]
+            if len(added):  # a relabelling click adds nothing: no reach to compute
+                beyond = tuple(added[~self._within_reach(box, added, click)].T)
+                merged[beyond] = before[beyond]
             lesion = _component_at(merged, click_kji)
             if lesion is not None:
                 merged[lesion] = click.label  # the class the user asked for
