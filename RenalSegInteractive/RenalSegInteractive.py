@@ -54,7 +54,8 @@ class RenalSegInteractive(ScriptedLoadableModule):
         self.parent.contributors = ["RenalSeg contributors"]
         self.parent.helpText = _("Click inside a missed tumor or cyst (positive, key A) or on a leak (negative, key S); "
                                  "each click refines the segmentation around it. U undoes the last click. Works on "
-                                 "segmentations made by RenalSeg or drawn by hand. Research use only.")
+                                 "segmentations made by RenalSeg or drawn by hand. Tick Keep unchanged to protect a class from clicks. "
+                                 "Research use only.")
         self.parent.acknowledgementText = _("Part of the RenalSeg extension.")
 
 
@@ -86,6 +87,8 @@ class RenalSegInteractiveWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.ui.undoButton.connect("clicked(bool)", self.onUndo)
         self.ui.redoButton.connect("clicked(bool)", self.onRedo)
         self.ui.resetButton.connect("clicked(bool)", self.onReset)
+        for checkBox in self._lockCheckBoxes().values():
+            checkBox.connect("toggled(bool)", self.onLocksChanged)
         for key, action in SHORTCUTS.items():
             shortcut = qt.QShortcut(qt.QKeySequence(key), slicer.util.mainWindow())
             shortcut.connect("activated()", lambda action=action: self._onShortcut(action))
@@ -141,6 +144,13 @@ class RenalSegInteractiveWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             self.ui.positivePlaceWidget.setCurrentNode(self._clickNodes[True])
             self.ui.negativePlaceWidget.setCurrentNode(self._clickNodes[False])
             self.ui.statusLabel.text = _("Preparing the image... then click with A (add) or S (remove) in the slice views.")
+
+    def _lockCheckBoxes(self):
+        return {labels.KIDNEY: self.ui.kidneyLockCheckBox, labels.TUMOR: self.ui.tumorLockCheckBox, labels.CYST: self.ui.cystLockCheckBox}
+
+    def onLocksChanged(self, _checked=None):
+        """Classes whose box is ticked stay as they are from the next click on."""
+        self.logic.set_locked_labels([label for label, checkBox in self._lockCheckBoxes().items() if checkBox.checked])
 
     def _clickNode(self, positive):
         name = "RenalSeg positive clicks" if positive else "RenalSeg negative clicks"

@@ -34,6 +34,7 @@ MAX_UNDO_STATES = 30
 
 class RefinementSession(Protocol):
     labels: np.ndarray
+    locked_labels: set[int]
 
     def add_click(self, point_lps, positive: bool = True, label: int = labels.TUMOR) -> Box: ...
     def undo(self) -> Box | None: ...
@@ -96,6 +97,7 @@ class InteractiveLogic:
         self.volume_node = self.segmentation_node = None
         self.class_segments: dict[int, str] = {labels.TUMOR: "Renal tumor", labels.CYST: "Renal cyst"}
         self._session: RefinementSession | None = None
+        self.locked_labels: frozenset[int] = frozenset()  # KiTS classes no click may change
         self._sessions: dict[tuple[str, str], RefinementSession] = {}  # kept per volume: preprocessed image reused
         self._matrix = None
         self._midline_x = 0.0
@@ -135,16 +137,27 @@ class InteractiveLogic:
         current = self.read_kits_labels()
         cached = self._sessions.get(key)
         if cached is not None and np.array_equal(cached.labels, current):  # not edited elsewhere since: reuse
-            self._session = cached
-            done = Future()
-            done.set_result(cached)
-            return done
-        return self.worker.submit(self._make_session, key, self._ct, volume.labels_like(current, self._ct), ())
+            return self.worker.submit(self._use_session, cached)
+        return self.worker.submit(self._make_session, key, self._ct, volume.labels_like(current, self._ct))
 
-    def _make_session(self, key, ct, kits, locked):
-        self._session = self.session_factory(ct, kits, device=self.device, model_path=self.model_path, locked_labels=locked)
-        self._sessions = {key: self._session}  # one volume cached: bounded memory
-        return self._session
+    def _make_session(self, key, ct, kits):
+        session = self.session_factory(ct, kits, device=self.device, model_path=self.model_path, locked_labels=self.locked_labels)
+        self._sessions = {key: session}  # one volume cached: bounded memory
+        return self._use_session(session)
+
+    def _use_session(self, session):
+        session.locked_labels = set(self.locked_labels)
+        self._session = session
+        return session
+
+    def set_locked_labels(self, locked) -> Future:
+        """Keep these KiTS classes unchanged (their voxels stay, no voxel becomes one), from the next click on.
+
+        Applied on the worker thread, between clicks: a click already queued runs with the locks it was
+        queued under.
+        """
+        self.locked_labels = frozenset(int(label) for label in locked)
+        return self.worker.submit(lambda: None if self._session is None else self._use_session(self._session))
 
     def read_kits_labels(self) -> np.ndarray:
         """The segmentation's current content as a KiTS label array on the volume's grid (main thread)."""

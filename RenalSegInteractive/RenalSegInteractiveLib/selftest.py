@@ -20,6 +20,7 @@ class BallSession:
         self.labels = self.initial.copy()
         self.done, self.undone = [], []  # (box, labels before, labels after)
         self.clicks_lps = []
+        self.locked_labels = set(locked_labels)
 
     def add_click(self, point_lps, positive=True, label=2):
         index = np.round(volume.physical_to_index(self.ct, point_lps)[0]).astype(int)  # (i, j, k)
@@ -36,6 +37,8 @@ class BallSession:
         before = self.labels[box].copy()
         after = before.copy()
         after[ball] = label if positive else 0
+        keep = np.isin(before, list(self.locked_labels)) | np.isin(after, list(self.locked_labels))
+        after[keep] = before[keep]
         self.labels[box] = after
         self.done.append((box, before, after))
         self.undone.clear()

@@ -99,6 +99,31 @@ def test_click_outside_the_image_changes_nothing(refined):
     assert not logic.history.IsRestorePreviousStateAvailable()
 
 
+def test_locked_classes_are_kept_and_unlocking_reaches_the_session(refined):
+    logic, phantom = refined
+    point_ras = left_kidney_point_ras(phantom)
+    logic.set_locked_labels({labels.KIDNEY}).result(30)
+    before = logic.read_kits_labels()
+    box = logic.click(point_ras, positive=True, label=labels.TUMOR)
+    after = logic.read_kits_labels()
+    assert logic._session.locked_labels == {labels.KIDNEY}
+    np.testing.assert_array_equal(after[before == labels.KIDNEY], labels.KIDNEY)
+
+    logic.set_locked_labels(()).result(30)
+    logic.click(point_ras, positive=True, label=labels.TUMOR)
+    unlocked = logic.read_kits_labels()
+    assert ((before[box] == labels.KIDNEY) & (unlocked[box] == labels.TUMOR)).any()
+
+
+def test_a_reused_session_takes_the_current_locks(refined):
+    logic, _ = refined
+    created = FakeSession.instances
+    logic.set_locked_labels({labels.CYST, labels.TUMOR})
+    logic.start(logic.volume_node, logic.segmentation_node).result(30)
+    assert FakeSession.instances == created  # unchanged segmentation: the same session, with the new locks
+    assert logic._session.locked_labels == {labels.CYST, labels.TUMOR}
+
+
 def test_hand_drawn_segment_is_refined_and_the_session_is_reused(scene, small_phantom):
     volume_node = io.add_volume_node(scene, small_phantom.ct)
     segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Drawn")

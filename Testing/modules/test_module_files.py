@@ -62,6 +62,14 @@ def test_icons_are_128_pixel_pngs():
             assert icon.size == (128, 128)
 
 
+@pytest.mark.parametrize("module", MODULES)
+def test_widget_code_names_only_widgets_of_its_ui_file(module):
+    """The Qt widget code cannot run here: at least every ``self.ui.NAME`` it uses must exist in its .ui file."""
+    used = set(re.findall(r"self\.ui\.(\w+)", (ROOT / module / f"{module}.py").read_text()))
+    defined = set(re.findall(r'<widget class="\w+" name="(\w+)"', (ROOT / module / "Resources" / "UI" / f"{module}.ui").read_text()))
+    assert used and not used - defined, f"not in {module}.ui: {sorted(used - defined)}"
+
+
 def test_module_files_import_in_plain_python_without_qt():
     code = ("import sys; sys.path[:0] = sys.argv[1:]\n"
             "import RenalSeg, RenalSegInteractive\n"
