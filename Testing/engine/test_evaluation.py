@@ -105,6 +105,25 @@ def test_a_missed_lesion_and_a_false_positive_lesion_are_counted():
     assert summary["dice_kidney_and_masses"] == pytest.approx((row["dice_kidney_and_masses"] + 1.0) / 2)
 
 
+def test_detection_of_lesions_of_at_least_one_millilitre_is_reported_beside_the_pooled_recall():
+    ref = np.zeros((40, 40, 40), np.uint8)
+    ref[2:38, 2:38, 2:38] = KIDNEY
+    ref[4:15, 4:15, 4:15] = TUMOR  # 1.331 mL at 1 mm: counted, found
+    ref[20:29, 20:29, 20:29] = CYST  # 0.729 mL: below 1 mL, missed
+    ref[4:15, 24:35, 24:35] = TUMOR  # 1.331 mL: counted, missed
+    pred = np.zeros_like(ref)
+    pred[2:38, 2:38, 2:38] = KIDNEY
+    pred[6:12, 6:12, 6:12] = TUMOR
+    row = evaluation.evaluate_case(pred, ref, (1.0, 1.0, 1.0))
+    assert row["lesion_recall"] == pytest.approx(1 / 3)
+    assert (row["lesions_reference_1ml"], row["lesions_found_1ml"], row["lesion_recall_1ml"]) == (2, 1, 0.5)
+    coarse = evaluation.evaluate_case(pred, ref, (1.0, 1.0, 2.0))  # voxels of 2 uL: the small cyst is 1.458 mL now
+    assert (coarse["lesions_reference_1ml"], coarse["lesions_found_1ml"]) == (3, 1)
+    summary = evaluation.summarize([dict(row, case="a"), dict(coarse, case="b")])
+    assert summary["lesion_recall_1ml"] == pytest.approx(2 / 5)  # pooled, like the recall of all lesions
+    assert "recall>=1mL" in evaluation.format_table([dict(row, case="a")])
+
+
 def _write(array: np.ndarray, path, spacing=(2.0, 2.0, 3.0)):
     image = sitk.GetImageFromArray(array.astype(np.uint8))
     image.SetSpacing(spacing)
