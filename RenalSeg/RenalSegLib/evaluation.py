@@ -90,6 +90,11 @@ def _padded_box(mask: np.ndarray, pad: int) -> tuple[slice, ...]:
     return tuple(slice(max(b.start - pad, 0), min(b.stop + pad, n)) for b, n in zip(box, mask.shape))
 
 
+def _ratio(part: float, whole: float) -> float:
+    """part / whole, NaN when there is no whole (no lesions to find, no predictions to check)."""
+    return part / whole if whole else math.nan
+
+
 def lesion_detection(prediction: np.ndarray, reference: np.ndarray, labels: Sequence[int] = LESION_LABELS,
                      voxel_ml: float | None = None) -> dict:
     """Lesion-level detection on KiTS label maps: counts of reference, found, predicted and false-positive lesions.
@@ -116,14 +121,14 @@ def lesion_detection(prediction: np.ndarray, reference: np.ndarray, labels: Sequ
         counted = np.flatnonzero(volumes >= COUNTED_LESION_ML) + 1
         n_found = int(np.isin(counted, found_ids).sum())
         large = {"lesions_reference_1ml": int(counted.size), "lesions_found_1ml": n_found,
-                 "lesion_recall_1ml": n_found / counted.size if counted.size else math.nan}
+                 "lesion_recall_1ml": _ratio(n_found, counted.size)}
     return {
         "lesions_reference": int(n_ref),
         "lesions_found": int(found),
         "lesions_predicted": int(n_pred),
         "false_positive_lesions": int(n_pred - true_predicted),
-        "lesion_recall": found / n_ref if n_ref else math.nan,
-        "lesion_precision": true_predicted / n_pred if n_pred else math.nan,
+        "lesion_recall": _ratio(found, n_ref),
+        "lesion_precision": _ratio(true_predicted, n_pred),
         **large,
     }
 
@@ -227,13 +232,11 @@ def summarize(rows: Sequence[dict]) -> dict:
         for metric in ("dice", "surface_dice"):
             summary[f"{metric}_{hec}"] = float(np.mean([row[f"{metric}_{hec}"] for row in rows]))
     counts = ("lesions_reference", "lesions_found", "lesions_predicted", "false_positive_lesions", "lesions_reference_1ml", "lesions_found_1ml")
-    totals = {key: int(sum(row[key] for row in rows)) for key in counts if all(key in row for row in rows)}
+    totals = {key: int(sum(row[key] for row in rows)) for key in counts}
     summary.update(totals)
-    if "lesions_reference_1ml" in totals:
-        summary["lesion_recall_1ml"] = totals["lesions_found_1ml"] / totals["lesions_reference_1ml"] if totals["lesions_reference_1ml"] else math.nan
-    true_predicted = totals["lesions_predicted"] - totals["false_positive_lesions"]
-    summary["lesion_recall"] = totals["lesions_found"] / totals["lesions_reference"] if totals["lesions_reference"] else math.nan
-    summary["lesion_precision"] = true_predicted / totals["lesions_predicted"] if totals["lesions_predicted"] else math.nan
+    summary["lesion_recall"] = _ratio(totals["lesions_found"], totals["lesions_reference"])
+    summary["lesion_recall_1ml"] = _ratio(totals["lesions_found_1ml"], totals["lesions_reference_1ml"])
+    summary["lesion_precision"] = _ratio(totals["lesions_predicted"] - totals["false_positive_lesions"], totals["lesions_predicted"])
     summary["false_positives_per_case"] = totals["false_positive_lesions"] / len(rows)
     return summary
 
@@ -370,8 +373,8 @@ def interactive_evaluation(
             "dice": {hec: np.mean([run["dice"][hec] for run in runs], axis=0).round(4).tolist() for hec in HEC_NAMES},
             "tumor_cases": sum(run["noc85"] is not None for run in runs),
             "lesions": lesions,
-            "lesion_fn_rate_auto": sum(run["lesions_missed_auto"] for run in runs) / lesions if lesions else math.nan,
-            "lesion_fn_rate_after_clicks": sum(run["lesions_missed_after_clicks"] for run in runs) / lesions if lesions else math.nan,
+            "lesion_fn_rate_auto": _ratio(sum(run["lesions_missed_auto"] for run in runs), lesions),
+            "lesion_fn_rate_after_clicks": _ratio(sum(run["lesions_missed_after_clicks"] for run in runs), lesions),
             "cases": per_case,
         }
         summary["tumor_dice_auc"] = float(np.mean(summary["dice"]["tumor"]))
