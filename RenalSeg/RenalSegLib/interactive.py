@@ -149,10 +149,7 @@ class RefinementSession:
     def _apply(self, box: Box, proposal: np.ndarray, clicks_before, clicks_after=None) -> Box:
         before = self.labels[box].copy()
         after = proposal.copy()
-        if self.locked_labels:
-            locked = list(self.locked_labels)
-            keep = np.isin(before, locked) | np.isin(after, locked)  # locked voxels stay; nothing becomes a locked label
-            after[keep] = before[keep]
+        L.keep_locked(before, after, self.locked_labels)
         self.labels[box] = after
         clicks_after = tuple(self.clicks) if clicks_after is None else tuple(clicks_after)
         self.clicks = list(clicks_after)

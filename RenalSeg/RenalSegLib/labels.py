@@ -97,6 +97,15 @@ def region_mask(labels: np.ndarray, region: str) -> np.ndarray:
     return np.isin(labels, HEC_REGIONS[region])
 
 
+def keep_locked(before: np.ndarray, after: np.ndarray, locked) -> None:
+    """Keep the user's locked classes in ``after``, in place: voxels holding a locked label in ``before``
+    stay as they were, and no voxel becomes a locked label."""
+    if locked:
+        locked = list(locked)
+        keep = np.isin(before, locked) | np.isin(after, locked)
+        after[keep] = before[keep]
+
+
 def _lps_x_of_voxels(image: sitk.Image, kji: np.ndarray) -> np.ndarray:
     """LPS x (patient left is positive) of voxels given as an (n, 3) array of (k, j, i) indices."""
     direction = np.array(image.GetDirection()).reshape(3, 3)

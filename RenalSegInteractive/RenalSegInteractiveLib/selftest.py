@@ -7,6 +7,7 @@ import SimpleITK as sitk
 
 from RenalSegLib import volume
 from RenalSegLib.errors import RenalSegError
+from RenalSegLib.labels import keep_locked
 
 
 class BallSession:
@@ -37,8 +38,7 @@ class BallSession:
         before = self.labels[box].copy()
         after = before.copy()
         after[ball] = label if positive else 0
-        keep = np.isin(before, list(self.locked_labels)) | np.isin(after, list(self.locked_labels))
-        after[keep] = before[keep]
+        keep_locked(before, after, self.locked_labels)
         self.labels[box] = after
         self.done.append((box, before, after))
         self.undone.clear()
