@@ -269,9 +269,13 @@ class RefinementSession:
         from .guidance import click_region, reach_voxels
 
         if click not in self._reaches:
-            spacing = self._grid.GetSpacing()[::-1]
-            low, sub, centre = self._around(click, reach_voxels(spacing) + 2)
-            self._reaches[click] = (low, click_region(sub, centre, spacing))
+            if self.guidance == "adaptive":  # the click's guidance mask is that same adaptive mask: no second encoding
+                low, mask = self._guidance_mask(click)
+                self._reaches[click] = (low, mask > 0)
+            else:
+                spacing = self._grid.GetSpacing()[::-1]
+                low, sub, centre = self._around(click, reach_voxels(spacing) + 2)
+                self._reaches[click] = (low, click_region(sub, centre, spacing))
         return self._reaches[click]
 
     def _around(self, click: Click, half: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

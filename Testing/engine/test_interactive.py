@@ -331,3 +331,24 @@ def test_a_memory_channel_network_sees_the_current_masses_on_its_crop(phantom) -
     truth = sitk.GetArrayFromImage(resample_onto(phantom.labels, grid, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
     np.testing.assert_array_equal(guidance[2], np.isin(truth, L.LESION_LABELS).astype(np.float32))
     assert guidance[2].any() and guidance[0].max() > 0.5  # the tumor is in the crop, and so is the click
+
+
+@pytest.mark.parametrize("method", ["adaptive", "gaussian"])
+def test_a_positive_click_reach_is_its_clicked_tissue_encoded_once_with_adaptive_guidance(segmenter, phantom, method, monkeypatch) -> None:
+    """The reach is guidance.click_region on the cached grid; with adaptive guidance it is the guidance mask itself,
+    so a positive click encodes one adaptive mask, not two."""
+    from RenalSegLib import guidance as G
+
+    encodings = []
+    encode = G.encode_clicks
+    monkeypatch.setattr(G, "encode_clicks", lambda *a, **k: encodings.append(a[3]) or encode(*a, **k))
+    session = RefinementSession(phantom.ct, _without_tumor(phantom), segmenter=segmenter, guidance=method)
+    session._predict_crop = _Oracle(session, phantom)
+    session.add_click(_tumor_centre_lps(phantom), positive=True)
+    assert encodings == (["adaptive"] if method == "adaptive" else ["gaussian", "adaptive"])
+    click = session.clicks[-1]
+    low, reach = session._reach(click)
+    centre = np.round(session._grid.TransformPhysicalPointToContinuousIndex(click.point_lps)[::-1]).astype(int)
+    whole = encode(session._image, [(centre, True)], session._grid.GetSpacing()[::-1], "adaptive")[0] > 0
+    np.testing.assert_array_equal(reach, whole[tuple(slice(int(a), int(a) + n) for a, n in zip(low, reach.shape))])
+    assert reach.any() and whole.sum() == reach.sum()  # the whole region lies in the reach's box
