@@ -222,16 +222,20 @@ def _progress(items, enabled: bool, description: str):
 def summarize(rows: Sequence[dict]) -> dict:
     """Mean Dice and surface Dice per HEC over cases, and pooled lesion detection.
 
-    Lesion recall and precision are pooled over all lesions of all cases (a case with many lesions
-    weighs more), and false positives are counted per case.
+    ``rows`` are ``evaluate_case`` rows. Lesion recall and precision are pooled over all lesions of all
+    cases (a case with many lesions weighs more), and false positives are counted per case.
     """
     if not rows:
         raise RenalSegError("no cases to summarize")
-    summary: dict = {"cases": len(rows)}
-    for hec in HEC_NAMES:
-        for metric in ("dice", "surface_dice"):
-            summary[f"{metric}_{hec}"] = float(np.mean([row[f"{metric}_{hec}"] for row in rows]))
+    means = [f"{metric}_{hec}" for hec in HEC_NAMES for metric in ("dice", "surface_dice")]
     counts = ("lesions_reference", "lesions_found", "lesions_predicted", "false_positive_lesions", "lesions_reference_1ml", "lesions_found_1ml")
+    for row in rows:
+        missing = [key for key in (*means, *counts) if key not in row]
+        if missing:
+            raise RenalSegError(f"case {row.get('case', '?')}: no {', '.join(missing)} (rows to summarize come from evaluate_case)")
+    summary: dict = {"cases": len(rows)}
+    for key in means:
+        summary[key] = float(np.mean([row[key] for row in rows]))
     totals = {key: int(sum(row[key] for row in rows)) for key in counts}
     summary.update(totals)
     summary["lesion_recall"] = _ratio(totals["lesions_found"], totals["lesions_reference"])

@@ -124,6 +124,16 @@ def test_detection_of_lesions_of_at_least_one_millilitre_is_reported_beside_the_
     assert "recall>=1mL" in evaluation.format_table([dict(row, case="a")])
 
 
+def test_summarizing_a_row_without_the_one_millilitre_counts_names_what_it_lacks():
+    ref = np.zeros((20, 20, 20), np.uint8)
+    ref[5:15, 5:15, 5:15] = KIDNEY
+    row = dict(evaluation.evaluate_case(ref, ref, (1.0, 1.0, 1.0)), case="a")
+    assert math.isnan(evaluation.summarize([row])["lesion_recall_1ml"])  # no lesion to find
+    del row["lesions_found_1ml"]  # as in a row made by lesion_detection without voxel_ml
+    with pytest.raises(RenalSegError, match="case a: no lesions_found_1ml"):
+        evaluation.summarize([row])
+
+
 def _write(array: np.ndarray, path, spacing=(2.0, 2.0, 3.0)):
     image = sitk.GetImageFromArray(array.astype(np.uint8))
     image.SetSpacing(spacing)
