@@ -173,6 +173,17 @@ def _run_refine(args: argparse.Namespace) -> int:
 
 # --- train -----------------------------------------------------------------------------------------
 
+def _per_class(text: str) -> tuple[float, ...]:
+    """'0.1,0.25,0.45,0.2' -> four numbers, one per KiTS class (background, kidney, tumor, cyst)."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 4 comma-separated numbers (background, kidney, tumor, cyst)")
+    return values
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="prepare training data, train a network stage, bundle a model file")
     steps = p.add_subparsers(dest="train_step", metavar="STEP", required=True)
@@ -197,6 +208,10 @@ def _add_train(sub) -> None:
     fit.add_argument("--click-rate", type=float, default=0.0, help="fraction of batches with simulated click rounds (fine stage)")
     fit.add_argument("--guidance", choices=("adaptive", "gaussian", "mixed"), default="adaptive", help="click encoding of the simulated clicks (mixed: each click batch draws one)")
     fit.add_argument("--memory-channel", action="store_true", help="fine stage: a 4th input channel with the current mass mask (interaction memory); --init may name a 3-channel model")
+    fit.add_argument("--lesion-patch-ratios", type=_per_class, metavar="B,K,T,C",
+                     help="fine stage: how often a patch is centred on background, kidney, tumor, cyst (default: the bundled model's recipe)")
+    fit.add_argument("--class-weights", type=_per_class, metavar="B,K,T,C",
+                     help="fine stage: loss weight of background, kidney, tumor, cyst (default: the bundled model's recipe)")
     fit.add_argument("--validate-every", type=int, default=500)
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--init", help="a new run starts from these weights: a checkpoint or a model file, e.g. the bundled one, to fine-tune it (on real CT with a --real cache)")
@@ -226,10 +241,12 @@ def _run_train(args: argparse.Namespace) -> int:
         print(f"{len(written)} volumes written to {args.cache}")
     elif args.train_step == "fit":
         validation = [f"{p.name[:-7]}_v0" for p in T.kits_case_split(args.labels)[1]] if args.labels else []
+        per_class = {name: getattr(args, name) for name in ("lesion_patch_ratios", "class_weights") if getattr(args, name) is not None}
         options = T.FitOptions(
             stage=args.stage, cache_dir=args.cache, run_dir=args.run, steps=args.steps, time_budget_s=60 * args.minutes, batch_size=args.batch_size, learning_rate=args.lr,
             validation_cases=validation, click_rate=args.click_rate, guidance_method=args.guidance, validate_every=args.validate_every,
             seed=args.seed, init_weights=args.init or "", bf16=not args.no_bf16, memory_channel=args.memory_channel,
+            **per_class,
         )
         print(f"checkpoint: {T.fit(options)}")
     else:

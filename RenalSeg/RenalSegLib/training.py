@@ -18,7 +18,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -38,8 +38,9 @@ STAGES = {
     "fine": NetworkConfig(in_channels=FINE_IN_CHANNELS, out_channels=4, filters=(16, 32, 64, 128, 256), spacing_mm=1.5, patch_size=(64, 64, 64)),
 }
 FINE_MARGIN_MM = 40.0  # context kept around the kidneys in fine-stage volumes
-LESION_PATCH_RATIOS = (0.1, 0.25, 0.45, 0.2)  # fine-stage patch centres: background, kidney, tumor, cyst
-# Loss weights per class (fine stage): lesions are small and rare, and are what users need most.
+# Fine-stage defaults (FitOptions may change both): patch centre ratios and loss weights per class
+# (background, kidney, tumor, cyst). Lesions are small and rare, and are what users need most.
+LESION_PATCH_RATIOS = (0.1, 0.25, 0.45, 0.2)
 FINE_CLASS_WEIGHTS = (1.0, 1.0, 3.0, 3.0)
 VALIDATION_EVERY = 10  # every 10th KiTS case (sorted by id) is held out for validation
 VALIDATION_VOLUMES = 16  # cached validation volumes scored during training (the full set is evaluated after)
@@ -160,13 +161,16 @@ def prepare_cache(cases: list[tuple[str, Callable[[], tuple[sitk.Image, sitk.Ima
 
 # --- patch pipeline --------------------------------------------------------------------------------
 
-def patch_transforms(config: NetworkConfig, lesion_oversampling: bool):
-    """MONAI pipeline: crop patches (class-balanced: lesions over-sampled), flips, intensity jitter."""
+def patch_transforms(config: NetworkConfig, fine_ratios: Sequence[float] = LESION_PATCH_RATIOS):
+    """MONAI pipeline: crop patches (class-balanced: lesions over-sampled), flips, intensity jitter.
+
+    Patch centres are drawn per class: ``fine_ratios`` (background, kidney, tumor, cyst) for the fine
+    stage's four classes, 0.4 / 0.6 (background, kidney) for the coarse stage's two.
+    """
     from monai import transforms as T
 
     classes = config.out_channels
-    # Patch centre class ratios: background, kidney, tumor, cyst (fine) or background, kidney (coarse).
-    ratios = list(LESION_PATCH_RATIOS) if lesion_oversampling and classes == 4 else [0.4, 0.6][:classes] + [0.0] * max(0, classes - 2)
+    ratios = list(fine_ratios) if classes == 4 else [0.4, 0.6]
     return T.Compose(
         [
             T.SpatialPadd(keys=("image", "label"), spatial_size=config.patch_size, mode="constant", value=0),
@@ -184,9 +188,10 @@ def patch_transforms(config: NetworkConfig, lesion_oversampling: bool):
 class CachePatches:
     """Endless stream of training patches from a cache folder that may still be growing."""
 
-    def __init__(self, cache_dir: Path, config: NetworkConfig, seed: int, exclude: set[str] = frozenset()):
+    def __init__(self, cache_dir: Path, config: NetworkConfig, seed: int, exclude: set[str] = frozenset(),
+                 fine_ratios: Sequence[float] = LESION_PATCH_RATIOS):
         self.cache_dir, self.config, self.seed, self.exclude = Path(cache_dir), config, seed, exclude
-        self.transform = patch_transforms(config, lesion_oversampling=True)
+        self.transform = patch_transforms(config, fine_ratios)
 
     def _files(self) -> list[Path]:
         # Hidden files are volumes still being written (prepare_cache's ".partial-" names).
@@ -245,6 +250,8 @@ class FitOptions:
     max_click_rounds: int = 3
     guidance_method: str = "adaptive"  # or "gaussian", or "mixed": each click batch draws one of guidance.METHODS
     memory_channel: bool = False  # fine stage: a 4th input channel holding the current mass mask (interaction memory)
+    lesion_patch_ratios: tuple[float, ...] = LESION_PATCH_RATIOS  # fine stage: patch centre ratio per class
+    class_weights: tuple[float, ...] = FINE_CLASS_WEIGHTS  # fine stage: cross-entropy weight per class
     seed: int = 0
     init_weights: str = ""  # a new run starts from this checkpoint's or model file's weights (fine-tuning)
     bf16: bool = True
@@ -296,6 +303,7 @@ def fit(options: FitOptions) -> Path:
     kept in ``run_dir/best.pt`` beside ``last.pt``.
     """
     _check_same_held_out_cases(options)
+    _check_per_class_values(options)
     import torch
     from monai.losses import DiceCELoss
 
@@ -315,7 +323,7 @@ def fit(options: FitOptions) -> Path:
     if distributed:
         model = torch.nn.parallel.DistributedDataParallel(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=options.learning_rate, weight_decay=options.weight_decay)
-    weights = torch.tensor(FINE_CLASS_WEIGHTS, device=device) if config.out_channels == 4 else None
+    weights = torch.tensor(options.class_weights, dtype=torch.float32, device=device) if config.out_channels == 4 else None
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, weight=weights)
     run_dir = Path(options.run_dir)
     checkpoint = run_dir / "last.pt"
@@ -337,7 +345,7 @@ def fit(options: FitOptions) -> Path:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
     (run_dir / "options.json").write_text(json.dumps(asdict(options), indent=2))
     log.info("training %s: %d parameters, bf16=%s, device=%s", options.stage, count_parameters(model), use_bf16, device)
-    patches = CachePatches(Path(options.cache_dir), config, options.seed + 1000 * step + rank, set(options.validation_cases))
+    patches = CachePatches(Path(options.cache_dir), config, options.seed + 1000 * step + rank, set(options.validation_cases), options.lesion_patch_ratios)
     stream = batches(patches, options.batch_size, options.loader_workers)
     clicker = ClickRounds(options) if options.stage == "fine" and options.click_rate > 0 else None
     rng = np.random.default_rng(options.seed + step)
@@ -388,6 +396,15 @@ def fit(options: FitOptions) -> Path:
     if distributed:
         torch.distributed.destroy_process_group()
     return checkpoint
+
+
+def _check_per_class_values(options: FitOptions) -> None:
+    for name in ("lesion_patch_ratios", "class_weights"):
+        values = getattr(options, name)
+        if len(values) != 4 or min(values) < 0 or sum(values) <= 0:
+            raise RenalSegError(f"{name} needs 4 values (background, kidney, tumor, cyst), none negative, not all 0: got {tuple(values)}")
+    if sum(options.lesion_patch_ratios[:2]) <= 0:
+        raise RenalSegError(f"lesion_patch_ratios {tuple(options.lesion_patch_ratios)}: background or kidney needs a share, as not every volume holds a lesion")
 
 
 def _check_same_held_out_cases(options: FitOptions) -> None:

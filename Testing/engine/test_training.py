@@ -69,6 +69,26 @@ def test_patch_batches_have_the_patch_size_and_oversample_lesions(synthetic_cach
     assert lesion_patches >= 8  # 65 % of patch centres lie in a lesion
 
 
+def test_patch_centre_ratios_choose_the_class_a_patch_is_centred_on(synthetic_cache: Path) -> None:
+    def centres(ratios) -> list[int]:
+        patches = iter(T.CachePatches(synthetic_cache, TINY_FINE, seed=0, fine_ratios=ratios))
+        return [int(next(patches)["label"][0][16, 16, 16]) for _ in range(8)]  # 32^3 patches: voxel 16 is the centre
+
+    assert centres((0.0, 1.0, 0.0, 0.0)) == [1] * 8
+    # Each cached volume holds one lesion class (a tumor, or a cyst): a volume without it falls back on kidney.
+    lesion_centred = centres((0.0, 0.01, 0.495, 0.495))
+    assert sum(label in (2, 3) for label in lesion_centred) >= 7 and {2, 3} <= set(lesion_centred)
+
+
+def test_per_class_training_values_must_be_four_non_negative_numbers(tmp_path: Path) -> None:
+    for bad in ({"lesion_patch_ratios": (0.5, 0.5, 0.0)}, {"class_weights": (1.0, 1.0, -3.0, 3.0)}, {"class_weights": (0.0,) * 4}):
+        with pytest.raises(RenalSegError, match="4 values"):
+            T.fit(T.FitOptions(run_dir=str(tmp_path / "run"), **bad))
+    with pytest.raises(RenalSegError, match="not every volume holds a lesion"):
+        T.fit(T.FitOptions(run_dir=str(tmp_path / "run"), lesion_patch_ratios=(0.0, 0.0, 0.5, 0.5)))
+    assert not (tmp_path / "run").exists()
+
+
 def test_patch_stream_skips_volumes_still_being_written(synthetic_cache: Path) -> None:
     """Training may start while prepare_cache is still writing: its '.partial-' files are not volumes yet."""
     (synthetic_cache / ".partial-case_b_0.npz").write_bytes(b"")  # a write in progress (empty, unreadable)
@@ -216,3 +236,17 @@ def test_validation_scores_the_hierarchical_decision_that_ships(tmp_path: Path) 
     config = replace(TINY_FINE, patch_size=(16, 16, 16))
     scores = T.validate(model, config, tmp_path, ["case_v"], torch.autocast("cpu", enabled=False))
     assert scores == {"kidney_and_masses": 1.0}  # argmax would score 0.0; no mass predicted or present: unscored
+
+
+def test_train_fit_command_passes_per_class_values_and_refuses_malformed_ones(tmp_path: Path, monkeypatch, capsys) -> None:
+    from RenalSegLib import cli
+
+    seen = []
+    monkeypatch.setattr(T, "fit", lambda options: seen.append(options) or Path("last.pt"))
+    base = ["train", "fit", "--stage", "fine", "--cache", str(tmp_path), "--run", str(tmp_path / "run")]
+    assert cli.main(base) == 0 and cli.main([*base, "--lesion-patch-ratios", "0.1,0.2,0.3,0.4", "--class-weights", "1,1,3,5"]) == 0
+    assert (seen[0].lesion_patch_ratios, seen[0].class_weights) == (T.LESION_PATCH_RATIOS, T.FINE_CLASS_WEIGHTS)
+    assert (seen[1].lesion_patch_ratios, seen[1].class_weights) == ((0.1, 0.2, 0.3, 0.4), (1.0, 1.0, 3.0, 5.0))
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([*base, "--class-weights", "1,3"])
+    assert exit_.value.code == 2 and "4 comma-separated numbers" in capsys.readouterr().err
