@@ -371,7 +371,7 @@ def _add_evaluate(sub) -> None:
         "evaluate",
         help="KiTS metrics of predicted label maps against references: Dice, surface Dice, lesion detection",
         description="Pairs files by case name (extension ignored) and prints per-case and mean Dice and surface Dice "
-        "for the KiTS regions (kidney+masses, masses, tumor) and lesion recall (all lesions, and those of at least 1 mL), precision and false positives.",
+        "for the KiTS regions (kidney+masses, masses, tumor) and lesion recall (all lesions, and those of at least 1 mL, also by class), precision and false positives.",
     )
     parser.add_argument("pred_dir", metavar="PRED_DIR", type=Path, help="folder of predicted KiTS label maps")
     parser.add_argument("ref_dir", metavar="REF_DIR", type=Path, help="folder of reference KiTS label maps, same case names")

@@ -102,32 +102,36 @@ def lesion_detection(prediction: np.ndarray, reference: np.ndarray, labels: Sequ
     Lesions are 26-connected components of ``labels`` (masses by default). Recall is found / reference
     (NaN without reference lesions), precision is true predicted / predicted (NaN without predictions).
     With ``voxel_ml`` (mL per voxel) the reference lesions of at least ``COUNTED_LESION_ML`` are also
-    counted, with their recall (``*_1ml``).
+    counted, with their recall (``*_1ml``), and split by their majority class (``tumors_*_1ml``,
+    ``cysts_*_1ml``; a tie counts as tumor).
     """
     ref_masses, pred_masses = np.isin(reference, labels), np.isin(prediction, labels)
     if ref_masses.any() or pred_masses.any():
         # Label only the box holding every lesion: int32 labels of a whole CT would take 4 bytes a voxel.
         box = _padded_box(ref_masses | pred_masses, 1)
-        ref_masses, pred_masses = ref_masses[box], pred_masses[box]
+        ref_masses, pred_masses, reference = ref_masses[box], pred_masses[box], reference[box]
     ref_lesions, n_ref = ndimage.label(ref_masses, structure=_FULL)
     pred_lesions, n_pred = ndimage.label(pred_masses, structure=_FULL)
     overlap = (ref_lesions > 0) & (pred_lesions > 0)
     found_ids = np.unique(ref_lesions[overlap])
     true_predicted = np.unique(pred_lesions[overlap]).size
-    found = found_ids.size
+    n_found_all = found_ids.size
     large = {}
     if voxel_ml is not None:
         volumes = np.bincount(ref_lesions.ravel(), minlength=n_ref + 1)[1:] * voxel_ml
         counted = np.flatnonzero(volumes >= COUNTED_LESION_ML) + 1
-        n_found = int(np.isin(counted, found_ids).sum())
-        large = {"lesions_reference_1ml": int(counted.size), "lesions_found_1ml": n_found,
-                 "lesion_recall_1ml": _ratio(n_found, counted.size)}
+        found = np.isin(counted, found_ids)
+        large = {"lesions_reference_1ml": int(counted.size), "lesions_found_1ml": int(found.sum()),
+                 "lesion_recall_1ml": _ratio(int(found.sum()), counted.size)}
+        tumor_voxels, cyst_voxels = (np.bincount(ref_lesions[reference == label], minlength=n_ref + 1)[counted] for label in (TUMOR, CYST))
+        for name, kind in (("tumors", tumor_voxels >= cyst_voxels), ("cysts", tumor_voxels < cyst_voxels)):
+            large.update({f"{name}_reference_1ml": int(kind.sum()), f"{name}_found_1ml": int((kind & found).sum())})
     return {
         "lesions_reference": int(n_ref),
-        "lesions_found": int(found),
+        "lesions_found": int(n_found_all),
         "lesions_predicted": int(n_pred),
         "false_positive_lesions": int(n_pred - true_predicted),
-        "lesion_recall": _ratio(found, n_ref),
+        "lesion_recall": _ratio(n_found_all, n_ref),
         "lesion_precision": _ratio(true_predicted, n_pred),
         **large,
     }
@@ -228,7 +232,8 @@ def summarize(rows: Sequence[dict]) -> dict:
     if not rows:
         raise RenalSegError("no cases to summarize")
     means = [f"{metric}_{hec}" for hec in HEC_NAMES for metric in ("dice", "surface_dice")]
-    counts = ("lesions_reference", "lesions_found", "lesions_predicted", "false_positive_lesions", "lesions_reference_1ml", "lesions_found_1ml")
+    counts = ("lesions_reference", "lesions_found", "lesions_predicted", "false_positive_lesions", "lesions_reference_1ml", "lesions_found_1ml",
+              "tumors_reference_1ml", "tumors_found_1ml", "cysts_reference_1ml", "cysts_found_1ml")
     for row in rows:
         missing = [key for key in (*means, *counts) if key not in row]
         if missing:
@@ -239,7 +244,9 @@ def summarize(rows: Sequence[dict]) -> dict:
     totals = {key: int(sum(row[key] for row in rows)) for key in counts}
     summary.update(totals)
     summary["lesion_recall"] = _ratio(totals["lesions_found"], totals["lesions_reference"])
-    summary["lesion_recall_1ml"] = _ratio(totals["lesions_found_1ml"], totals["lesions_reference_1ml"])
+    for name in ("lesion", "tumor", "cyst"):
+        plural = "lesions" if name == "lesion" else f"{name}s"
+        summary[f"{name}_recall_1ml"] = _ratio(totals[f"{plural}_found_1ml"], totals[f"{plural}_reference_1ml"])
     summary["lesion_precision"] = _ratio(totals["lesions_predicted"] - totals["false_positive_lesions"], totals["lesions_predicted"])
     summary["false_positives_per_case"] = totals["false_positive_lesions"] / len(rows)
     return summary
@@ -253,7 +260,8 @@ _TABLE_COLUMNS = (
 
 
 def format_table(rows: Sequence[dict], summary: dict | None = None) -> str:
-    """A plain-text table: one line per case and a final line of means (pooled lesion figures)."""
+    """A plain-text table: one line per case and a final line of means (pooled lesion figures), then the
+    recall of the lesions of at least ``COUNTED_LESION_ML`` by class."""
     summary = summarize(rows) if summary is None else summary
     width = max([len("mean")] + [len(str(row["case"])) for row in rows])
     header = f"{'case':{width}s} " + " ".join(f"{title:>12s}" for _, title in _TABLE_COLUMNS)
@@ -267,6 +275,8 @@ def format_table(rows: Sequence[dict], summary: dict | None = None) -> str:
         if row is mean:
             lines.append("-" * len(header))
         lines.append(f"{str(row['case']):{width}s} " + " ".join(cells))
+    by_class = (f"{summary[f'{kind}s_found_1ml']} of {summary[f'{kind}s_reference_1ml']} {kind}s ({summary[f'{kind}_recall_1ml']:.2f})" for kind in ("tumor", "cyst"))
+    lines.append(f"lesions of at least {COUNTED_LESION_ML:g} mL found: " + ", ".join(by_class))
     return "\n".join(lines)
 
 

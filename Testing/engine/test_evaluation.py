@@ -122,6 +122,21 @@ def test_detection_of_lesions_of_at_least_one_millilitre_is_reported_beside_the_
     summary = evaluation.summarize([dict(row, case="a"), dict(coarse, case="b")])
     assert summary["lesion_recall_1ml"] == pytest.approx(2 / 5)  # pooled, like the recall of all lesions
     assert "recall>=1mL" in evaluation.format_table([dict(row, case="a")])
+    # By class: the two tumors in each case (one found), the cyst only where it reaches 1 mL (missed).
+    assert (row["tumors_reference_1ml"], row["tumors_found_1ml"], row["cysts_reference_1ml"], row["cysts_found_1ml"]) == (2, 1, 0, 0)
+    assert (coarse["cysts_reference_1ml"], coarse["cysts_found_1ml"]) == (1, 0)
+    assert (summary["tumor_recall_1ml"], summary["cyst_recall_1ml"]) == (0.5, 0.0)
+    table = evaluation.format_table([dict(row, case="a"), dict(coarse, case="b")], summary)
+    assert table.splitlines()[-1] == "lesions of at least 1 mL found: 2 of 4 tumors (0.50), 0 of 1 cysts (0.00)"
+
+
+def test_a_mixed_lesion_counts_as_its_majority_class():
+    ref = np.zeros((30, 30, 30), np.uint8)
+    ref[2:28, 2:28, 2:28] = KIDNEY
+    ref[4:14, 4:14, 4:10] = CYST  # 600 voxels ...
+    ref[4:14, 4:14, 10:14] = TUMOR  # ... touching 400 of tumor: one 1 mL lesion, a cyst
+    row = evaluation.evaluate_case(ref, ref, (1.0, 1.0, 1.0))
+    assert (row["lesions_reference_1ml"], row["cysts_reference_1ml"], row["cysts_found_1ml"], row["tumors_reference_1ml"]) == (1, 1, 1, 0)
 
 
 def test_summarizing_a_row_without_the_one_millilitre_counts_names_what_it_lacks():
