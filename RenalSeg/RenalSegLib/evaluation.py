@@ -121,8 +121,8 @@ def lesion_detection(prediction: np.ndarray, reference: np.ndarray, labels: Sequ
         volumes = np.bincount(ref_lesions.ravel(), minlength=n_ref + 1)[1:] * voxel_ml
         counted = np.flatnonzero(volumes >= COUNTED_LESION_ML) + 1
         found = np.isin(counted, found_ids)
-        large = {"lesions_reference_1ml": int(counted.size), "lesions_found_1ml": int(found.sum()),
-                 "lesion_recall_1ml": _ratio(int(found.sum()), counted.size)}
+        n_found = int(found.sum())
+        large = {"lesions_reference_1ml": int(counted.size), "lesions_found_1ml": n_found, "lesion_recall_1ml": _ratio(n_found, counted.size)}
         tumor_voxels, cyst_voxels = (np.bincount(ref_lesions[reference == label], minlength=n_ref + 1)[counted] for label in (TUMOR, CYST))
         for name, kind in (("tumors", tumor_voxels >= cyst_voxels), ("cysts", tumor_voxels < cyst_voxels)):
             large.update({f"{name}_reference_1ml": int(kind.sum()), f"{name}_found_1ml": int((kind & found).sum())})
@@ -245,8 +245,7 @@ def summarize(rows: Sequence[dict]) -> dict:
     summary.update(totals)
     summary["lesion_recall"] = _ratio(totals["lesions_found"], totals["lesions_reference"])
     for name in ("lesion", "tumor", "cyst"):
-        plural = "lesions" if name == "lesion" else f"{name}s"
-        summary[f"{name}_recall_1ml"] = _ratio(totals[f"{plural}_found_1ml"], totals[f"{plural}_reference_1ml"])
+        summary[f"{name}_recall_1ml"] = _ratio(totals[f"{name}s_found_1ml"], totals[f"{name}s_reference_1ml"])
     summary["lesion_precision"] = _ratio(totals["lesions_predicted"] - totals["false_positive_lesions"], totals["lesions_predicted"])
     summary["false_positives_per_case"] = totals["false_positive_lesions"] / len(rows)
     return summary

@@ -251,7 +251,7 @@ class FitOptions:
     guidance_method: str = "adaptive"  # or "gaussian", or "mixed": each click batch draws one of guidance.METHODS
     memory_channel: bool = False  # fine stage: a 4th input channel holding the current mass mask (interaction memory)
     lesion_patch_ratios: tuple[float, ...] = LESION_PATCH_RATIOS  # fine stage: patch centre ratio per class
-    class_weights: tuple[float, ...] = FINE_CLASS_WEIGHTS  # fine stage: cross-entropy weight per class
+    class_weights: tuple[float, ...] = FINE_CLASS_WEIGHTS  # fine stage: loss weight per class (Dice and cross-entropy terms)
     seed: int = 0
     init_weights: str = ""  # a new run starts from this checkpoint's or model file's weights (fine-tuning)
     bf16: bool = True
