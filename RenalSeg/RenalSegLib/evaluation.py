@@ -25,6 +25,7 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
@@ -34,6 +35,9 @@ from .errors import RenalSegError
 from .labels import CYST, HEC_REGIONS, LESION_LABELS, SURFACE_DICE_TOLERANCE_MM, TUMOR, region_mask
 from .outputs import atomic_path
 from .volume import LABEL_SUFFIXES, case_name
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
 
 HEC_NAMES = tuple(HEC_REGIONS)
 _FULL = ndimage.generate_binary_structure(3, 3)  # lesion components: 26-connected
@@ -154,6 +158,31 @@ def evaluate_case(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -
         row[f"surface_dice_{hec}"] = surface_dice(p, r, spacing, SURFACE_DICE_TOLERANCE_MM[hec])
     row.update(lesion_detection(pred, ref, voxel_ml=float(np.prod(spacing)) / 1000.0))
     return row
+
+
+def grid_ceiling(reference: sitk.Image, spacing_mm: float) -> dict[str, float]:
+    """Dice per HEC that a perfect network working on an isotropic ``spacing_mm`` grid would reach.
+
+    ``reference`` (a SimpleITK KiTS label map) becomes one probability image per class, is resampled onto
+    the grid and back onto its own voxels (linear, as inference does with the network's probabilities)
+    and decided by ``inference.decide_labels``: what remains is the loss of the grid alone.
+    """
+    import SimpleITK as sitk
+
+    from .inference import decide_labels
+    from .preprocess import grid_for_image, resample_onto
+
+    values = sitk.GetArrayFromImage(reference)
+    grid = grid_for_image(reference, spacing_mm)
+    probabilities = []
+    for label in range(CYST + 1):
+        one_hot = sitk.GetImageFromArray((values == label).astype(np.float32))
+        one_hot.CopyInformation(reference)
+        outside = 1.0 if label == 0 else 0.0
+        on_grid = resample_onto(one_hot, grid, sitk.sitkLinear, outside)
+        probabilities.append(sitk.GetArrayFromImage(resample_onto(on_grid, reference, sitk.sitkLinear, outside)))
+    decided = decide_labels(np.stack(probabilities))
+    return {hec: dice(region_mask(decided, hec), region_mask(values, hec)) for hec in HEC_NAMES}
 
 
 # --- folders, summary, reports ----------------------------------------------------------------------

@@ -86,6 +86,24 @@ def test_empty_prediction_and_empty_reference_score_one_and_one_sided_empty_scor
     assert row["dice_tumor"] == 0.0 and row["surface_dice_tumor"] == 0.0 and row["dice_kidney_and_masses"] == 0.0
 
 
+def kidney_with_tumor(tumor_radius_mm: float, spacing=(0.8, 0.8, 0.8)) -> sitk.Image:
+    shape = (70, 70, 70)
+    labels = np.zeros(shape, np.uint8)
+    labels[sphere(shape, (35, 35, 35), 22.0, spacing)] = KIDNEY
+    labels[sphere(shape, (35, 35, 50), tumor_radius_mm, spacing)] = TUMOR
+    image = sitk.GetImageFromArray(labels)
+    image.SetSpacing(spacing[::-1])
+    return image
+
+
+def test_grid_ceiling_is_perfect_on_the_labels_own_grid_and_falls_on_coarser_ones():
+    labels = kidney_with_tumor(4.0)  # a 0.27 mL tumor inside the kidney, 0.8 mm voxels
+    assert evaluation.grid_ceiling(labels, 0.8) == pytest.approx(dict.fromkeys(evaluation.HEC_NAMES, 1.0))
+    fine, coarse = evaluation.grid_ceiling(labels, 1.5), evaluation.grid_ceiling(labels, 4.0)
+    assert 0.5 < coarse["tumor"] < fine["tumor"] < 0.99
+    assert fine["kidney_and_masses"] > fine["tumor"]
+
+
 def test_a_missed_lesion_and_a_false_positive_lesion_are_counted():
     ref = np.zeros((30, 30, 30), np.uint8)
     ref[5:25, 5:25, 5:25] = KIDNEY
