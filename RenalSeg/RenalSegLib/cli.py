@@ -16,6 +16,7 @@ from pathlib import Path
 from . import __version__
 from .device import DEVICE_CHOICES
 from .errors import RenalSegError
+from .network import ARCHITECTURES
 
 log = logging.getLogger("renalseg")
 
@@ -208,6 +209,8 @@ def _add_train(sub) -> None:
     fit.add_argument("--click-rate", type=float, default=0.0, help="fraction of batches with simulated click rounds (fine stage)")
     fit.add_argument("--guidance", choices=("adaptive", "gaussian", "mixed"), default="adaptive", help="click encoding of the simulated clicks (mixed: each click batch draws one)")
     fit.add_argument("--memory-channel", action="store_true", help="fine stage: a 4th input channel with the current mass mask (interaction memory); --init may name a 3-channel model")
+    fit.add_argument("--architecture", choices=ARCHITECTURES, default="dynunet",
+                     help="network: the default nnU-Net-style DynUNet, or the V-Net with channel and spatial attention, to compare them on the same data")
     fit.add_argument("--lesion-patch-ratios", type=_per_class, metavar="B,K,T,C",
                      help="fine stage: how often a patch is centred on background, kidney, tumor, cyst (default: the bundled model's recipe)")
     fit.add_argument("--class-weights", type=_per_class, metavar="B,K,T,C",
@@ -246,6 +249,7 @@ def _run_train(args: argparse.Namespace) -> int:
             stage=args.stage, cache_dir=args.cache, run_dir=args.run, steps=args.steps, time_budget_s=60 * args.minutes, batch_size=args.batch_size, learning_rate=args.lr,
             validation_cases=validation, click_rate=args.click_rate, guidance_method=args.guidance, validate_every=args.validate_every,
             seed=args.seed, init_weights=args.init or "", bf16=not args.no_bf16, memory_channel=args.memory_channel,
+            architecture=args.architecture,
             **per_class,
         )
         print(f"checkpoint: {T.fit(options)}")

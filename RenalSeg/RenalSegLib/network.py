@@ -32,11 +32,15 @@ MODEL_DIRS = (Path(__file__).resolve().parents[2] / "Resources" / "Models", Path
 DEFAULT_MODEL_NAME = "renalseg_v1.pt"
 
 
+# "dynunet": nnU-Net-style residual U-Net (the default); "vnet_attention": attention_vnet.AttentionVNet.
+ARCHITECTURES = ("dynunet", "vnet_attention")
+
+
 @dataclass
 class NetworkConfig:
     """Everything needed to rebuild a network: architecture, channels and the grid it was trained on."""
 
-    architecture: str = "dynunet"  # "dynunet" (nnU-Net-style residual U-Net) or "vnet_attention"
+    architecture: str = "dynunet"  # one of ARCHITECTURES
     in_channels: int = FINE_IN_CHANNELS
     out_channels: int = 4
     filters: tuple[int, ...] = (16, 32, 64, 128, 256)

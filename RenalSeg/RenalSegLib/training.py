@@ -27,7 +27,7 @@ import SimpleITK as sitk
 
 from . import labels as L
 from .errors import RenalSegError
-from .network import FINE_IN_CHANNELS, MEMORY_CHANNEL, NetworkConfig
+from .network import ARCHITECTURES, FINE_IN_CHANNELS, MEMORY_CHANNEL, NetworkConfig
 from .preprocess import LEFT_RIGHT_AXIS, grid_for_region, normalize_ct, resample_onto
 from .volume import read_labels, read_volume
 
@@ -250,6 +250,7 @@ class FitOptions:
     max_click_rounds: int = 3
     guidance_method: str = "adaptive"  # or "gaussian", or "mixed": each click batch draws one of guidance.METHODS
     memory_channel: bool = False  # fine stage: a 4th input channel holding the current mass mask (interaction memory)
+    architecture: str = "dynunet"  # or "vnet_attention" (network.ARCHITECTURES): the same stage grid, filters and patch
     lesion_patch_ratios: tuple[float, ...] = LESION_PATCH_RATIOS  # fine stage: patch centre ratio per class
     class_weights: tuple[float, ...] = FINE_CLASS_WEIGHTS  # fine stage: loss weight per class (Dice and cross-entropy terms)
     seed: int = 0
@@ -273,9 +274,12 @@ def bf16_supported() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def stage_config(stage: str, memory_channel: bool = False) -> NetworkConfig:
-    """The network config a run of ``stage`` trains; ``memory_channel`` adds the fine stage's mass-mask input."""
-    config = STAGES[stage]
+def stage_config(stage: str, memory_channel: bool = False, architecture: str = "dynunet") -> NetworkConfig:
+    """The network config a run of ``stage`` trains: the stage's grid, filters and patch with ``architecture``
+    (``network.ARCHITECTURES``); ``memory_channel`` adds the fine stage's mass-mask input."""
+    if architecture not in ARCHITECTURES:
+        raise RenalSegError(f"unknown network architecture {architecture!r} (choose from {', '.join(ARCHITECTURES)})")
+    config = replace(STAGES[stage], architecture=architecture)
     if memory_channel:
         if stage != "fine":
             raise RenalSegError("the memory channel (current mass mask) is an input of the fine stage only")
@@ -317,7 +321,7 @@ def fit(options: FitOptions) -> Path:
     if options.threads:
         torch.set_num_threads(options.threads)
     torch.manual_seed(options.seed + rank)
-    config = stage_config(options.stage, options.memory_channel)
+    config = stage_config(options.stage, options.memory_channel, options.architecture)
     # channels-last 3D lets oneDNN (CPU) and cuDNN pick their fastest convolution kernels (~25 % per step here).
     model = build_network(config).to(device, memory_format=torch.channels_last_3d)
     if distributed:
@@ -331,8 +335,9 @@ def fit(options: FitOptions) -> Path:
     if checkpoint.is_file():
         state = torch.load(checkpoint, map_location=device, weights_only=True)
         if "config" in state and NetworkConfig.from_dict(state["config"]) != config:
-            raise RenalSegError(f"{checkpoint} trains a network with {state['config']['in_channels']} input channels, this run one with "
-                                f"{config.in_channels}: resume it with the same --memory-channel setting")
+            theirs = NetworkConfig.from_dict(state["config"])
+            raise RenalSegError(f"{checkpoint} trains a {theirs.architecture} network with {theirs.in_channels} input channels, this run a "
+                                f"{config.architecture} with {config.in_channels}: resume it with the same --memory-channel and --architecture")
         _unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, elapsed = int(state["step"]), float(state.get("elapsed_s", 0.0))
@@ -526,7 +531,7 @@ def stage_weights(path: Path, stage: str) -> tuple[dict, NetworkConfig]:
         state, config = float_weights(payload[stage]["state_dict"]), NetworkConfig.from_dict(payload[stage]["config"])
     else:
         raise RenalSegError(f"{path}: model file has no {stage} stage (it has: {', '.join(payload)})")
-    if replace(config, in_channels=STAGES[stage].in_channels) != STAGES[stage]:
+    if replace(config, in_channels=STAGES[stage].in_channels, architecture=STAGES[stage].architecture) != STAGES[stage]:
         raise _not_fitting(path, stage)
     return state, config
 

@@ -199,7 +199,7 @@ def test_memory_channel_run_starts_from_a_3_channel_model_unchanged(synthetic_ca
     torch.testing.assert_close(filled, before)  # the new input starts at zero weight (lr 0: still there)
     with pytest.raises(RenalSegError, match="fine stage only"):
         T.stage_config("coarse", memory_channel=True)
-    with pytest.raises(RenalSegError, match="4 input channels, this run one with 3: resume it with the same --memory-channel"):
+    with pytest.raises(RenalSegError, match="dynunet network with 4 input channels, this run a dynunet with 3: resume it with the same --memory-channel"):
         T.fit(replace(options, run_dir=str(tmp_path / "b"), steps=2))  # resumed without --memory-channel
 
 
@@ -238,7 +238,25 @@ def test_validation_scores_the_hierarchical_decision_that_ships(tmp_path: Path) 
     assert scores == {"kidney_and_masses": 1.0}  # argmax would score 0.0; no mass predicted or present: unscored
 
 
-def test_train_fit_command_passes_per_class_values_and_refuses_malformed_ones(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_the_attention_vnet_trains_on_the_same_stage_and_bundles_as_itself(synthetic_cache: Path, tmp_path: Path) -> None:
+    """--architecture vnet_attention: the stage's grid, filters and patch with the other network; a run keeps its
+    architecture, and an unknown one is refused before anything is written."""
+    from RenalSegLib.attention_vnet import AttentionVNet
+
+    options = T.FitOptions(stage="fine", cache_dir=str(synthetic_cache), run_dir=str(tmp_path / "v"), steps=2, warmup_steps=1,
+                           loader_workers=0, bf16=False, architecture="vnet_attention")
+    model, config = T.train_from_checkpoint(T.fit(options), "fine")
+    assert isinstance(model, AttentionVNet) and config == replace(TINY_FINE, architecture="vnet_attention")
+    scores = T.validate(model, config, synthetic_cache, ["case_a"], torch.autocast("cpu", enabled=False))
+    assert set(scores) >= {"kidney_and_masses"}
+    with pytest.raises(RenalSegError, match="trains a vnet_attention network .* this run a dynunet"):
+        T.fit(replace(options, steps=3, architecture="dynunet"))
+    with pytest.raises(RenalSegError, match="unknown network architecture 'unet'"):
+        T.fit(replace(options, run_dir=str(tmp_path / "u"), architecture="unet"))
+    assert not (tmp_path / "u").exists()
+
+
+def test_train_fit_command_passes_per_class_values_and_the_architecture_and_refuses_malformed_values(tmp_path: Path, monkeypatch, capsys) -> None:
     from RenalSegLib import cli
 
     seen = []
@@ -247,6 +265,8 @@ def test_train_fit_command_passes_per_class_values_and_refuses_malformed_ones(tm
     assert cli.main(base) == 0 and cli.main([*base, "--lesion-patch-ratios", "0.1,0.2,0.3,0.4", "--class-weights", "1,1,3,5"]) == 0
     assert (seen[0].lesion_patch_ratios, seen[0].class_weights) == (T.LESION_PATCH_RATIOS, T.FINE_CLASS_WEIGHTS)
     assert (seen[1].lesion_patch_ratios, seen[1].class_weights) == ((0.1, 0.2, 0.3, 0.4), (1.0, 1.0, 3.0, 5.0))
+    assert cli.main([*base, "--architecture", "vnet_attention"]) == 0
+    assert (seen[0].architecture, seen[2].architecture) == ("dynunet", "vnet_attention")
     with pytest.raises(SystemExit) as exit_:
         cli.main([*base, "--class-weights", "1,3"])
     assert exit_.value.code == 2 and "4 comma-separated numbers" in capsys.readouterr().err
