@@ -79,7 +79,7 @@ def build_network(config: NetworkConfig):
         from .attention_vnet import AttentionVNet
 
         return AttentionVNet(config.in_channels, config.out_channels, tuple(config.filters))
-    raise RenalSegError(f"unknown network architecture {config.architecture!r}")
+    raise RenalSegError(f"unknown network architecture {config.architecture!r} (choose from {', '.join(ARCHITECTURES)})")
 
 
 def minimum_input_multiple(config: NetworkConfig) -> int:

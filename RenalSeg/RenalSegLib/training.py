@@ -27,7 +27,7 @@ import SimpleITK as sitk
 
 from . import labels as L
 from .errors import RenalSegError
-from .network import ARCHITECTURES, FINE_IN_CHANNELS, MEMORY_CHANNEL, NetworkConfig
+from .network import FINE_IN_CHANNELS, MEMORY_CHANNEL, NetworkConfig
 from .preprocess import LEFT_RIGHT_AXIS, grid_for_region, normalize_ct, resample_onto
 from .volume import read_labels, read_volume
 
@@ -277,8 +277,6 @@ def bf16_supported() -> bool:
 def stage_config(stage: str, memory_channel: bool = False, architecture: str = "dynunet") -> NetworkConfig:
     """The network config a run of ``stage`` trains: the stage's grid, filters and patch with ``architecture``
     (``network.ARCHITECTURES``); ``memory_channel`` adds the fine stage's mass-mask input."""
-    if architecture not in ARCHITECTURES:
-        raise RenalSegError(f"unknown network architecture {architecture!r} (choose from {', '.join(ARCHITECTURES)})")
     config = replace(STAGES[stage], architecture=architecture)
     if memory_channel:
         if stage != "fine":
@@ -334,8 +332,8 @@ def fit(options: FitOptions) -> Path:
     step, elapsed = 0, 0.0
     if checkpoint.is_file():
         state = torch.load(checkpoint, map_location=device, weights_only=True)
-        if "config" in state and NetworkConfig.from_dict(state["config"]) != config:
-            theirs = NetworkConfig.from_dict(state["config"])
+        theirs = NetworkConfig.from_dict(state["config"]) if "config" in state else config
+        if theirs != config:
             raise RenalSegError(f"{checkpoint} trains a {theirs.architecture} network with {theirs.in_channels} input channels, this run a "
                                 f"{config.architecture} with {config.in_channels}: resume it with the same --memory-channel and --architecture")
         _unwrap(model).load_state_dict(state["model"])
