@@ -68,7 +68,7 @@ class Segmenter:
 
     # -- stages -------------------------------------------------------------------------------------
 
-    def _predict(self, name: str, image: np.ndarray, guidance: np.ndarray | None = None) -> np.ndarray:
+    def predict(self, name: str, image: np.ndarray, guidance: np.ndarray | None = None) -> np.ndarray:
         """Softmax probabilities (classes, k, j, i) of network ``name`` on a normalised image."""
         import torch
         from monai.inferers import sliding_window_inference
@@ -100,7 +100,7 @@ class Segmenter:
         _, config = self.networks["coarse"]
         grid = grid_for_image(ct, config.spacing_mm)
         coarse_ct = resample_onto(ct, grid, sitk.sitkLinear, -1024.0)
-        probabilities = self._predict("coarse", normalize_ct(sitk.GetArrayViewFromImage(coarse_ct)))
+        probabilities = self.predict("coarse", normalize_ct(sitk.GetArrayViewFromImage(coarse_ct)))
         mask = sitk.GetImageFromArray((probabilities[1] > 0.5).astype(np.uint8))
         mask.CopyInformation(grid)
         components = sitk.RelabelComponent(sitk.ConnectedComponent(mask), minimumObjectSize=int(MIN_KIDNEY_ML * 1000 / config.spacing_mm**3))
@@ -118,7 +118,7 @@ class Segmenter:
         _, config = self.networks["fine"]
         grid = grid_for_region(ct, start, stop, config.spacing_mm, minimum_input_multiple(config))
         crop = normalize_ct(sitk.GetArrayFromImage(resample_onto(ct, grid, sitk.sitkLinear, -1024.0)))
-        probabilities = self._predict("fine", crop)
+        probabilities = self.predict("fine", crop)
         target = sitk.RegionOfInterest(ct, [int(s) for s in stop - start], [int(s) for s in start])
         out = np.empty((probabilities.shape[0], *reversed(target.GetSize())), np.float32)
         for c, p in enumerate(probabilities):

@@ -296,7 +296,7 @@ class RefinementSession:
 
     def _predict_crop(self, image: np.ndarray, guidance: np.ndarray, grid: sitk.Image) -> np.ndarray:
         """Fine-network probabilities (4, k, j, i) on a network crop with its click guidance."""
-        return self.segmenter._predict("fine", image, guidance)
+        return self.segmenter.predict("fine", image, guidance)
 
     def _to_ct(self, grid: sitk.Image, probabilities: np.ndarray, seen: np.ndarray, click: Click) -> tuple[Box, np.ndarray]:
         """The CT box where ``click`` acts, and its labels after the click (``seen``: the labels decided on ``grid``).

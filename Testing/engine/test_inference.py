@@ -44,7 +44,7 @@ def test_flip_tta_sums_the_logits_of_the_ct_and_its_left_right_mirror_image() ->
     torch.manual_seed(0)
     voxelwise = torch.nn.Conv3d(config.in_channels, 4, kernel_size=1).eval()
     image = np.random.default_rng(0).normal(size=(20, 28, 36)).astype(np.float32)  # no symmetry to hide a wrong flip
-    plain, tta = (I.Segmenter({"fine": (voxelwise, config)}, torch.device("cpu"), flip_tta=flip)._predict("fine", image) for flip in (False, True))
+    plain, tta = (I.Segmenter({"fine": (voxelwise, config)}, torch.device("cpu"), flip_tta=flip).predict("fine", image) for flip in (False, True))
     with torch.no_grad():
         logits = voxelwise(torch.from_numpy(np.concatenate([image[None], np.zeros((config.in_channels - 1, *image.shape), np.float32)])[None]))
     # bf16 autocast where the CPU has it: a few 1e-3; a voxel mapped back to the wrong place is off by about 0.1
@@ -59,7 +59,7 @@ class _OracleSegmenter(I.Segmenter):
         super().__init__(networks={}, device=torch.device("cpu"))
         self.phantom = phantom
 
-    def _predict(self, name, image, guidance=None):
+    def predict(self, name, image, guidance=None):
         raise AssertionError("not used")
 
     def kidney_regions(self, ct):

@@ -322,7 +322,7 @@ def test_a_memory_channel_network_sees_the_current_masses_on_its_crop(phantom) -
 
     def capture(image, guidance, grid):
         seen.append((guidance, grid))
-        return memory._predict("fine", image, guidance)
+        return memory.predict("fine", image, guidance)
 
     session._predict_crop = capture
     session.add_click(_tumor_centre_lps(phantom), positive=True)
