@@ -221,7 +221,9 @@ def _add_train(sub) -> None:
     fit.add_argument("--no-bf16", action="store_true", help="train in float32 even where bf16 autocast is available")
     bundle = steps.add_parser("bundle", help="write a model file (coarse + fine) and its model card")
     bundle.add_argument("--coarse", required=True, help="coarse run's checkpoint (RUN/last.pt or best.pt), or a model file to take that stage from")
-    bundle.add_argument("--fine", required=True, help="fine run's checkpoint (RUN/last.pt or best.pt), or a model file to take that stage from")
+    bundle.add_argument("--fine", required=True, nargs="+", metavar="CHECKPOINT",
+                        help="fine run's checkpoint (RUN/last.pt or best.pt), or a model file to take that stage from; "
+                             "several (runs fine-tuned from one start): their weights are averaged into one network")
     bundle.add_argument("--card", required=True, help="JSON file with the model card's text fields")
     bundle.add_argument("-o", "--output", required=True)
 
@@ -255,7 +257,7 @@ def _run_train(args: argparse.Namespace) -> int:
         print(f"checkpoint: {T.fit(options)}")
     else:
         card = json.loads(Path(args.card).read_text())
-        print(f"model: {T.bundle(Path(args.coarse), Path(args.fine), Path(args.output), card)}")
+        print(f"model: {T.bundle(Path(args.coarse), [Path(f) for f in args.fine], Path(args.output), card)}")
     return 0
 
 

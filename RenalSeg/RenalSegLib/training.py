@@ -577,9 +577,31 @@ def train_from_checkpoint(checkpoint: Path, stage: str):
     return module.eval(), config
 
 
-def bundle(coarse_checkpoint: Path, fine_checkpoint: Path, out_path: Path, card: dict) -> Path:
-    """Write the bundled model file (both stages) and its model card."""
+def averaged_from_checkpoints(checkpoints: Sequence[Path], stage: str):
+    """A network of the stage whose weights are the mean of several checkpoints' (a uniform model soup).
+
+    Meant for runs fine-tuned from one start (Wortsman et al. 2022, "Model soups"): their weights lie in one
+    basin, so the mean is a model of its own, often better than each, at the inference cost of one. A plain
+    mean of state dicts: ``torch.optim.swa_utils.AveragedModel`` averages one model's trajectory step by step.
+    The networks must share one configuration.
+    """
+    import torch
+
+    module, config = train_from_checkpoint(checkpoints[0], stage)
+    states = [module.state_dict()]
+    for checkpoint in checkpoints[1:]:
+        other, other_config = train_from_checkpoint(checkpoint, stage)
+        if other_config != config:
+            raise RenalSegError(f"{checkpoint}: its {stage} network is configured differently from {checkpoints[0]}'s; only networks of one configuration can be averaged")
+        states.append(other.state_dict())
+    if len(states) > 1:
+        module.load_state_dict({k: torch.stack([s[k] for s in states]).mean(0) if v.is_floating_point() else v for k, v in states[0].items()})
+    return module, config
+
+
+def bundle(coarse_checkpoint: Path, fine_checkpoints: Sequence[Path], out_path: Path, card: dict) -> Path:
+    """Write the bundled model file (both stages) and its model card; several fine checkpoints are averaged."""
     from .network import save_model
 
-    networks = {"coarse": train_from_checkpoint(coarse_checkpoint, "coarse"), "fine": train_from_checkpoint(fine_checkpoint, "fine")}
+    networks = {"coarse": train_from_checkpoint(coarse_checkpoint, "coarse"), "fine": averaged_from_checkpoints(fine_checkpoints, "fine")}
     return save_model(out_path, networks, card)

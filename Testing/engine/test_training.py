@@ -270,3 +270,37 @@ def test_train_fit_command_passes_per_class_values_and_the_architecture_and_refu
     with pytest.raises(SystemExit) as exit_:
         cli.main([*base, "--class-weights", "1,3"])
     assert exit_.value.code == 2 and "4 comma-separated numbers" in capsys.readouterr().err
+
+
+def test_bundle_averages_several_fine_checkpoints_of_one_configuration(synthetic_cache: Path, tmp_path: Path) -> None:
+    """train bundle --fine A B: one fine network holding the mean of A's and B's weights; networks configured
+    differently are refused."""
+    options = T.FitOptions(stage="fine", cache_dir=str(synthetic_cache), run_dir=str(tmp_path / "a"), steps=1, warmup_steps=1,
+                           loader_workers=0, bf16=False)
+    a, b = T.fit(options), T.fit(replace(options, run_dir=str(tmp_path / "b"), seed=1))
+    weights = [T.train_from_checkpoint(c, "fine")[0].state_dict() for c in (a, b)]
+    name = next(k for k, v in weights[0].items() if v.is_floating_point() and not torch.equal(v, weights[1][k]))
+    averaged, config = T.averaged_from_checkpoints([a, b], "fine")
+    torch.testing.assert_close(averaged.state_dict()[name], (weights[0][name] + weights[1][name]) / 2)
+    from RenalSegLib.network import build_network
+
+    coarse = save_model(tmp_path / "coarse.pt", {"coarse": (build_network(T.STAGES["coarse"]), T.STAGES["coarse"])}, card={})
+    model_file = T.bundle(coarse, [a, b], tmp_path / "soup.pt", card={})
+    bundled, bundled_config = T.train_from_checkpoint(model_file, "fine")
+    assert bundled_config == config
+    torch.testing.assert_close(bundled.state_dict()[name], averaged.state_dict()[name], atol=1e-3, rtol=1e-3)  # stored in half precision
+    vnet = T.fit(replace(options, run_dir=str(tmp_path / "v"), architecture="vnet_attention"))
+    with pytest.raises(RenalSegError, match="configured differently"):
+        T.averaged_from_checkpoints([a, vnet], "fine")
+
+
+def test_train_bundle_command_passes_every_fine_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    from RenalSegLib import cli
+
+    seen = []
+    monkeypatch.setattr(T, "bundle", lambda coarse, fine, out, card: seen.append((coarse, fine, card)) or out)
+    (tmp_path / "card.json").write_text('{"name": "x"}')
+    base = ["train", "bundle", "--coarse", "c.pt", "--card", str(tmp_path / "card.json"), "-o", "m.pt", "--fine"]
+    assert cli.main([*base, "a.pt"]) == 0 and cli.main([*base, "a.pt", "b.pt"]) == 0
+    assert [fine for _, fine, _ in seen] == [[Path("a.pt")], [Path("a.pt"), Path("b.pt")]]
+    assert seen[0][2] == {"name": "x"}
