@@ -590,12 +590,11 @@ def averaged_from_checkpoints(checkpoints: Sequence[Path], stage: str):
     module, config = train_from_checkpoint(checkpoints[0], stage)
     states = [module.state_dict()]
     for checkpoint in checkpoints[1:]:
-        other, other_config = train_from_checkpoint(checkpoint, stage)
+        state, other_config = stage_weights(checkpoint, stage)  # float32 weights only: no second network built
         if other_config != config:
             raise RenalSegError(f"{checkpoint}: its {stage} network is configured differently from {checkpoints[0]}'s; only networks of one configuration can be averaged")
-        states.append(other.state_dict())
-    if len(states) > 1:
-        module.load_state_dict({k: torch.stack([s[k] for s in states]).mean(0) if v.is_floating_point() else v for k, v in states[0].items()})
+        states.append(state)
+    module.load_state_dict({k: torch.stack([s[k] for s in states]).mean(0) if v.is_floating_point() else v for k, v in states[0].items()})
     return module, config
 
 
