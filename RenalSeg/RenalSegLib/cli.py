@@ -216,6 +216,8 @@ def _add_train(sub) -> None:
     fit.add_argument("--class-weights", type=_per_class, metavar="B,K,T,C",
                      help="fine stage: loss weight of background, kidney, tumor, cyst (default: the bundled model's recipe)")
     fit.add_argument("--validate-every", type=int, default=500)
+    fit.add_argument("--snapshot-every", type=int, default=0, metavar="N",
+                     help="also keep the weights every N steps as RUN/step_NNNNNN.pt, to average them with train bundle (default: off)")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--init", help="a new run starts from these weights: a checkpoint or a model file, e.g. the bundled one, to fine-tune it (on real CT with a --real cache)")
     fit.add_argument("--no-bf16", action="store_true", help="train in float32 even where bf16 autocast is available")
@@ -250,6 +252,7 @@ def _run_train(args: argparse.Namespace) -> int:
         options = T.FitOptions(
             stage=args.stage, cache_dir=args.cache, run_dir=args.run, steps=args.steps, time_budget_s=60 * args.minutes, batch_size=args.batch_size, learning_rate=args.lr,
             validation_cases=validation, click_rate=args.click_rate, guidance_method=args.guidance, validate_every=args.validate_every,
+            snapshot_every=args.snapshot_every,
             seed=args.seed, init_weights=args.init or "", bf16=not args.no_bf16, memory_channel=args.memory_channel,
             architecture=args.architecture,
             **per_class,

@@ -77,7 +77,7 @@ def surface_dice(prediction: np.ndarray, reference: np.ndarray, spacing: Sequenc
         return 1.0
     if not (pred_any and ref_any):
         return 0.0
-    box = _padded_box(prediction | reference, 1)
+    box = padded_box(prediction | reference, 1)
     masks = np.stack([prediction[box], reference[box]]).astype(np.float32)[:, None]
     pred_t, ref_t = torch.from_numpy(masks[:1]), torch.from_numpy(masks[1:])
     with warnings.catch_warnings():
@@ -89,7 +89,8 @@ def surface_dice(prediction: np.ndarray, reference: np.ndarray, spacing: Sequenc
     return float(value[0, 0])
 
 
-def _padded_box(mask: np.ndarray, pad: int) -> tuple[slice, ...]:
+def padded_box(mask: np.ndarray, pad: int) -> tuple[slice, ...]:
+    """The box (a tuple of slices) around a non-empty mask's voxels, ``pad`` voxels wider each side, clipped to the array."""
     box = ndimage.find_objects(mask.astype(np.uint8))[0]
     return tuple(slice(max(b.start - pad, 0), min(b.stop + pad, n)) for b, n in zip(box, mask.shape))
 
@@ -112,7 +113,7 @@ def lesion_detection(prediction: np.ndarray, reference: np.ndarray, labels: Sequ
     ref_masses, pred_masses = np.isin(reference, labels), np.isin(prediction, labels)
     if ref_masses.any() or pred_masses.any():
         # Label only the box holding every lesion: int32 labels of a whole CT would take 4 bytes a voxel.
-        box = _padded_box(ref_masses | pred_masses, 1)
+        box = padded_box(ref_masses | pred_masses, 1)
         ref_masses, pred_masses, reference = ref_masses[box], pred_masses[box], reference[box]
     ref_lesions, n_ref = ndimage.label(ref_masses, structure=_FULL)
     pred_lesions, n_pred = ndimage.label(pred_masses, structure=_FULL)

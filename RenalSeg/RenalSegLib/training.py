@@ -43,7 +43,6 @@ FINE_MARGIN_MM = 40.0  # context kept around the kidneys in fine-stage volumes
 LESION_PATCH_RATIOS = (0.1, 0.25, 0.45, 0.2)
 FINE_CLASS_WEIGHTS = (1.0, 1.0, 3.0, 3.0)
 VALIDATION_EVERY = 10  # every 10th KiTS case (sorted by id) is held out for validation
-VALIDATION_VOLUMES = 16  # cached validation volumes scored during training (the full set is evaluated after)
 
 
 # --- case sources ----------------------------------------------------------------------------------
@@ -244,6 +243,7 @@ class FitOptions:
     weight_decay: float = 1e-5
     warmup_steps: int = 200
     checkpoint_every: int = 200
+    snapshot_every: int = 0  # > 0: also keep the weights every this many steps as RUN/step_NNNNNN.pt (to average them)
     validate_every: int = 500
     validation_cases: list[str] = field(default_factory=list)  # cache names held out of training
     click_rate: float = 0.0  # fraction of fine-stage batches trained with simulated clicks
@@ -301,8 +301,8 @@ def lr_at(step: int, progress: float, options: FitOptions) -> float:
 def fit(options: FitOptions) -> Path:
     """Train one stage's network; resumes from ``run_dir/last.pt`` if present. Returns the checkpoint path.
 
-    With validation cases, the weights of the best validation so far (mean Dice over the regions) are
-    kept in ``run_dir/best.pt`` beside ``last.pt``.
+    With validation cases, the weights of the best validation score so far (``validate``) are kept in
+    ``run_dir/best.pt`` beside ``last.pt``; with ``snapshot_every``, those of every so many steps too.
     """
     _check_same_held_out_cases(options)
     _check_per_class_values(options)
@@ -386,6 +386,8 @@ def fit(options: FitOptions) -> Path:
         done = training_progress(step, time.time() - run_started, options) >= 1.0
         if rank == 0 and (step % options.checkpoint_every == 0 or done):
             _save_checkpoint(checkpoint, model, config, optimizer, step, time.time() - run_started)
+        if rank == 0 and options.snapshot_every and step % options.snapshot_every == 0:
+            _save_weights(run_dir / f"step_{step:06d}.pt", model, config, step)
         if rank == 0 and options.validation_cases and (step % options.validate_every == 0 or done):
             scores = validate(_unwrap(model), config, Path(options.cache_dir), options.validation_cases, autocast)
             log_file.write(json.dumps({"step": step, "validation": scores}) + "\n")
@@ -436,51 +438,98 @@ def _save_checkpoint(path: Path, model, config: NetworkConfig, optimizer, step: 
 
 
 def _keep_if_best(path: Path, model, config: NetworkConfig, step: int, scores: dict[str, float]) -> bool:
-    """Save the weights to ``path`` when their mean validation Dice beats the one saved there (survives resume)."""
+    """Save the weights to ``path`` when their validation score beats the one saved there (survives resume).
+
+    A best.pt scored by the earlier rule (mean region Dice, no ``score`` among its figures) is not comparable
+    and is replaced."""
+    import torch
+
+    if path.is_file():
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if "score" in saved.get("validation", {}) and saved["score"] >= scores["score"]:
+            return False
+    _save_weights(path, model, config, step, score=scores["score"], validation=scores)
+    return True
+
+
+def _save_weights(path: Path, model, config: NetworkConfig, step: int, **extra) -> None:
+    """Weights and network config only (no optimizer state): what ``train bundle`` reads, a quarter of last.pt."""
     import torch
 
     from .network import config_dict
 
-    score = float(np.mean(list(scores.values())))
-    if path.is_file() and torch.load(path, map_location="cpu", weights_only=True)["score"] >= score:
-        return False
     tmp = path.with_name(".partial-" + path.name)
-    torch.save({"model": _unwrap(model).state_dict(), "config": config_dict(config), "step": step, "score": score, "validation": scores}, tmp)
+    torch.save({"model": _unwrap(model).state_dict(), "config": config_dict(config), "step": step, **extra}, tmp)
     os.replace(tmp, path)
-    return True
+
+
+def validation_files(cache_dir: Path, names: Sequence[str]) -> list[Path]:
+    """One cached volume per held-out case, the case's kidneys taken in turn, so that validation sees
+    every held-out label map at the cost of one kidney each."""
+    files = []
+    for n, name in enumerate(names):
+        volumes = sorted(Path(cache_dir).glob(f"{name}_*.npz"))
+        if volumes:
+            files.append(volumes[n % len(volumes)])
+    return files
 
 
 def validate(model, config: NetworkConfig, cache_dir: Path, names: list[str], autocast) -> dict[str, float]:
-    """Mean Dice per KiTS region (fine) or of the kidney mask (coarse) on held-out cached volumes.
+    """Validation figures of a network on held-out cached volumes (``validation_files``), and its ``score``.
 
-    Sliding windows of the training patch size and, for the fine stage, labels decided down the KiTS
-    hierarchy, as in inference (so the best checkpoint is chosen on the decision that ships).
+    Each volume is cropped as inference crops the fine stage's input: its kidneys and masses (here the reference's)
+    with ``KIDNEY_MARGIN_MM`` around them. Sliding windows of the training patch size; for the fine stage the labels
+    are decided down the KiTS hierarchy and postprocessed as in inference (so checkpoints are chosen on the decision
+    that ships).
+    Figures: mean Dice per KiTS region (the coarse stage: of its kidney mask) and, for the fine stage, the
+    lesions pooled over the volumes: recall of those of 1 mL or more, precision, false positives per volume.
+    ``score``, which picks best.pt, is the mean of the region Dice and, for the fine stage, the lesion F1
+    (recall of 1 mL lesions with precision): Dice alone kept checkpoints that found fewer lesions.
     """
     import torch
     from monai.inferers import sliding_window_inference
 
-    from .inference import decide_labels
+    from .evaluation import lesion_detection, padded_box
+    from .inference import KIDNEY_MARGIN_MM, decide_labels, postprocess
 
     model.eval()
     dice: dict[str, list[float]] = {}
-    files = [f for name in names for f in sorted(cache_dir.glob(f"{name}_*.npz"))][:VALIDATION_VOLUMES]
+    lesions = {"reference": 0, "found": 0, "predicted": 0, "false_positive": 0}
+    files = validation_files(cache_dir, names)
+    spacing = (config.spacing_mm,) * 3
     with torch.no_grad():
         for path in files:
             with np.load(path) as data:
                 image, reference = normalize_ct(data["ct"]), data["labels"]
+            if reference.any():
+                box = padded_box(reference > 0, round(KIDNEY_MARGIN_MM / config.spacing_mm))
+                image, reference = image[box], reference[box]
             x = torch.zeros((1, config.in_channels, *image.shape))
             x[0, 0] = torch.from_numpy(image)
             with autocast:
                 logits = sliding_window_inference(x, config.patch_size, 1, model, overlap=0.25, mode="gaussian", padding_mode="constant")
             if config.out_channels == 4:
-                prediction, regions = decide_labels(torch.softmax(logits.float(), 1)[0].numpy()), L.HEC_REGIONS
+                prediction = postprocess(decide_labels(torch.softmax(logits.float(), 1)[0].numpy()), spacing)
+                regions = L.HEC_REGIONS
+                found = lesion_detection(prediction, reference, voxel_ml=float(np.prod(spacing)) / 1000.0)
+                for key, value in (("reference", "lesions_reference_1ml"), ("found", "lesions_found_1ml"),
+                                   ("predicted", "lesions_predicted"), ("false_positive", "false_positive_lesions")):
+                    lesions[key] += found[value]
             else:
                 prediction, regions = logits.float().argmax(1)[0].numpy(), {"kidney_and_masses": (1,)}
             for region, values in regions.items():
                 p, r = np.isin(prediction, values), np.isin(reference, values)
                 if r.any() or p.any():
                     dice.setdefault(region, []).append(2 * (p & r).sum() / (p.sum() + r.sum()))
-    return {region: round(float(np.mean(values)), 4) for region, values in dice.items()}
+    scores = {region: float(np.mean(values)) for region, values in dice.items()}
+    parts = list(scores.values())
+    if config.out_channels == 4 and files:
+        recall = lesions["found"] / lesions["reference"] if lesions["reference"] else 1.0
+        precision = 1.0 - lesions["false_positive"] / lesions["predicted"] if lesions["predicted"] else 1.0
+        scores.update(lesion_recall_1ml=recall, lesion_precision=precision, false_positives_per_volume=lesions["false_positive"] / len(files))
+        parts.append(2 * recall * precision / (recall + precision) if recall + precision else 0.0)
+    scores["score"] = float(np.mean(parts)) if parts else 0.0
+    return {key: round(value, 4) for key, value in scores.items()}
 
 
 class ClickRounds:

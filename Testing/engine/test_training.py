@@ -127,11 +127,12 @@ def test_fit_resumes_from_its_checkpoint(synthetic_cache: Path, tmp_path: Path) 
     assert torch.load(checkpoint, weights_only=True)["step"] == 6
 
 
-def test_fit_keeps_the_best_validation_beside_the_last(synthetic_cache: Path, tmp_path: Path, monkeypatch) -> None:
-    scores = iter([{"kidney_and_masses": 0.5}, {"kidney_and_masses": 0.7}, {"kidney_and_masses": 0.6}])
+def test_fit_keeps_the_best_validation_and_snapshots_beside_the_last(synthetic_cache: Path, tmp_path: Path, monkeypatch) -> None:
+    scores = iter([{"score": 0.5}, {"score": 0.7}, {"score": 0.6}, {"score": 0.1}])
     monkeypatch.setattr(T, "validate", lambda *args: next(scores))
     options = T.FitOptions(stage="fine", cache_dir=str(synthetic_cache), run_dir=str(tmp_path / "run"), steps=4, warmup_steps=1,
-                           checkpoint_every=2, validate_every=2, validation_cases=["case_unseen"], loader_workers=0, bf16=False)
+                           checkpoint_every=2, validate_every=2, validation_cases=["case_unseen"], loader_workers=0, bf16=False,
+                           snapshot_every=2)
     T.fit(options)  # validates at steps 2 and 4
     T.fit(replace(options, steps=6))  # resumed: validates at 6 with a worse score
     best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
@@ -139,6 +140,17 @@ def test_fit_keeps_the_best_validation_beside_the_last(synthetic_cache: Path, tm
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["step"] == 6
     model, _ = T.train_from_checkpoint(tmp_path / "run" / "best.pt", "fine")  # bundles like last.pt
     assert model is not None
+    snapshots = sorted((tmp_path / "run").glob("step_*.pt"))
+    assert [s.name for s in snapshots] == ["step_000002.pt", "step_000004.pt", "step_000006.pt"]
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["model"]
+    six, _ = T.stage_weights(snapshots[-1], "fine")
+    assert all(torch.equal(six[k], v) for k, v in last.items())  # a snapshot holds that step's weights
+    averaged, _ = T.averaged_from_checkpoints(snapshots, "fine")  # and snapshots average like checkpoints
+    assert averaged is not None
+    # a best.pt scored by the earlier rule (no "score" among its figures) is not compared: the next validation replaces it
+    torch.save({**best, "score": 0.99, "validation": {"kidney_and_masses": 0.99}}, tmp_path / "run" / "best.pt")
+    T.fit(replace(options, steps=8))
+    assert torch.load(tmp_path / "run" / "best.pt", weights_only=True)["step"] == 8
 
 
 def test_a_new_run_can_start_from_a_model_files_weights(synthetic_cache: Path, tmp_path: Path) -> None:
@@ -176,7 +188,7 @@ def test_fit_overfits_one_synthetic_case(synthetic_cache: Path, tmp_path: Path) 
     finally:
         torch.set_num_threads(threads)  # fit sets the process-wide thread count
     scores = T.validate(model, config, synthetic_cache, ["case_a"], torch.autocast("cpu", enabled=False))
-    assert min(scores.values()) > 0.9, scores
+    assert min(scores[region] for region in ("kidney_and_masses", "masses", "tumor")) > 0.9, scores
 
 
 def test_memory_channel_run_starts_from_a_3_channel_model_unchanged(synthetic_cache: Path, tmp_path: Path) -> None:
@@ -235,7 +247,31 @@ def test_validation_scores_the_hierarchical_decision_that_ships(tmp_path: Path) 
     model.eval = lambda: None
     config = replace(TINY_FINE, patch_size=(16, 16, 16))
     scores = T.validate(model, config, tmp_path, ["case_v"], torch.autocast("cpu", enabled=False))
-    assert scores == {"kidney_and_masses": 1.0}  # argmax would score 0.0; no mass predicted or present: unscored
+    # argmax would score 0.0; no mass predicted or present: masses and tumor unscored, no lesion missed or invented
+    assert scores == {"kidney_and_masses": 1.0, "lesion_recall_1ml": 1.0, "lesion_precision": 1.0, "false_positives_per_volume": 0.0, "score": 1.0}
+
+
+def test_validation_covers_every_held_out_case_and_scores_lesions_found_and_invented(tmp_path: Path) -> None:
+    """One volume per held-out case, its kidneys in turn; a 27 mL tumor predicted beside the reference one is
+    a missed lesion and a false one: recall 0, precision 0, lesion F1 0 in the score."""
+    shape = (32, 32, 32)
+    reference = np.ones(shape, np.uint8)
+    reference[2:12, 2:12, 2:12] = 2
+    predicted = np.ones(shape, np.int64)
+    predicted[20:30, 20:30, 20:30] = 2
+    for name in ("case_a_0", "case_a_1", "case_b_0", "case_b_1"):
+        np.savez(tmp_path / f"{name}.npz", ct=np.zeros(shape, np.int16), labels=reference)
+    assert [f.name for f in T.validation_files(tmp_path, ["case_a", "case_b", "case_none"])] == ["case_a_0.npz", "case_b_1.npz"]
+    logits = torch.from_numpy(np.eye(4, dtype=np.float32)[predicted].transpose(3, 0, 1, 2)[None] * 10)
+
+    def model(x):
+        return logits.expand(x.shape[0], *logits.shape[1:]).clone()
+
+    model.eval = lambda: None
+    config = replace(TINY_FINE, patch_size=shape)  # 3 mm voxels: each cube is 27 mL
+    scores = T.validate(model, config, tmp_path, ["case_a", "case_b"], torch.autocast("cpu", enabled=False))
+    assert scores == {"kidney_and_masses": 1.0, "masses": 0.0, "tumor": 0.0, "lesion_recall_1ml": 0.0, "lesion_precision": 0.0,
+                      "false_positives_per_volume": 1.0, "score": 0.25}
 
 
 def test_the_attention_vnet_trains_on_the_same_stage_and_bundles_as_itself(synthetic_cache: Path, tmp_path: Path) -> None:
@@ -256,7 +292,7 @@ def test_the_attention_vnet_trains_on_the_same_stage_and_bundles_as_itself(synth
     assert not (tmp_path / "u").exists()
 
 
-def test_train_fit_command_passes_per_class_values_and_the_architecture_and_refuses_malformed_values(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_train_fit_command_passes_per_class_values_architecture_snapshots_and_refuses_malformed_values(tmp_path: Path, monkeypatch, capsys) -> None:
     from RenalSegLib import cli
 
     seen = []
@@ -267,6 +303,8 @@ def test_train_fit_command_passes_per_class_values_and_the_architecture_and_refu
     assert (seen[1].lesion_patch_ratios, seen[1].class_weights) == ((0.1, 0.2, 0.3, 0.4), (1.0, 1.0, 3.0, 5.0))
     assert cli.main([*base, "--architecture", "vnet_attention"]) == 0
     assert (seen[0].architecture, seen[2].architecture) == ("dynunet", "vnet_attention")
+    assert cli.main([*base, "--snapshot-every", "500"]) == 0
+    assert (seen[0].snapshot_every, seen[3].snapshot_every) == (0, 500)
     with pytest.raises(SystemExit) as exit_:
         cli.main([*base, "--class-weights", "1,3"])
     assert exit_.value.code == 2 and "4 comma-separated numbers" in capsys.readouterr().err
