@@ -75,7 +75,9 @@ def run(ct: sitk.Image, repeats: int = 3, device: str = "cpu", baseline: bool = 
 
     from .inference import Segmenter
 
+    t0 = time.perf_counter()
     segmenter = Segmenter.load(model_path, device)
+    load_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
         ct_path = Path(tmp) / "ct.nii.gz"
         sitk.WriteImage(ct, str(ct_path))
@@ -84,6 +86,7 @@ def run(ct: sitk.Image, repeats: int = 3, device: str = "cpu", baseline: bool = 
             "input": f"{ct.GetSize()} voxels at {tuple(round(s, 2) for s in ct.GetSpacing())} mm",
             "device": str(segmenter.device),
             "threads": torch.get_num_threads(),
+            "model_load_s": round(load_s, 2),
             "renalseg_median_s": statistics.median(r["total"] for r in runs),
             "renalseg_stages_median_s": {k: round(statistics.median(r[k] for r in runs), 3) for k in runs[0]},
             "renalseg_peak_rss_gb": round(peak_rss_gb(), 2),

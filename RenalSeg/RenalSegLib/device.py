@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -29,6 +31,20 @@ def resolve_device(name: str = "auto"):
     return torch.device(name)
 
 
+def bf16_supported() -> bool:
+    """True when this CPU runs bf16 matmuls natively (AVX-512 BF16 or AMX); else autocast would be slower."""
+    import torch
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability not in ("AVX512", "AMX"):
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return capability == "AMX"
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def describe_devices() -> dict[str, str]:
     """A short report of torch, its build and the devices it can use (for ``renalseg info``)."""
     import torch
@@ -39,6 +55,7 @@ def describe_devices() -> dict[str, str]:
         "CUDA available": str(torch.cuda.is_available()),
         "CPU threads": str(torch.get_num_threads()),
         "auto device": str(resolve_device("auto")),
+        "CPU inference": "bf16 autocast" if bf16_supported() else "float32, networks frozen by TorchScript",
     }
     if torch.cuda.is_available():
         report["GPU"] = torch.cuda.get_device_name(0)

@@ -83,8 +83,11 @@ class Segmenter:
         # trained with (on 6 held-out synthetic cases, masses Dice 0.62 with 64^3 windows, 0.45 with 96^3).
         window = [min(p, _round_up(s, minimum_input_multiple(config))) for p, s in zip(config.patch_size, image.shape)]
 
+        # One window per call on a CPU: as fast per window as two in eager mode, and a third faster in a frozen graph.
+        per_call = 1 if self.device.type == "cpu" else 2
+
         def windows(inputs):
-            return sliding_window_inference(inputs, window, 2, module, overlap=0.125 if self.fast else 0.25, mode="gaussian", padding_mode="constant")
+            return sliding_window_inference(inputs, window, per_call, module, overlap=0.125 if self.fast else 0.25, mode="gaussian", padding_mode="constant")
 
         with torch.inference_mode(), _autocast(self.device):
             logits = windows(x)
@@ -152,7 +155,7 @@ def _autocast(device):
 
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.float16)
-    from .training import bf16_supported
+    from .device import bf16_supported
 
     if device.type == "cpu" and bf16_supported():
         return torch.autocast("cpu", dtype=torch.bfloat16)

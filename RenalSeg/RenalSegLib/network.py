@@ -16,12 +16,15 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import RenalSegError
+
+log = logging.getLogger(__name__)
 
 # Input channels of the fine network. A 4-channel fine network also takes the current mask of the masses
 # (tumor or cyst) being refined: nnInteractive's interaction memory; 0 in auto mode.
@@ -132,22 +135,60 @@ def _plain(value):
     return value
 
 
-def load_model(path: str | os.PathLike | None = None, device=None) -> dict[str, tuple[Any, NetworkConfig]]:
-    """Load every network in a model file, in eval mode, float32, channels-last, on ``device`` (None: CPU): {name: (module, config)}."""
+def load_model(path: str | os.PathLike | None = None, device=None, frozen: bool | None = None) -> dict[str, tuple[Any, NetworkConfig]]:
+    """Load every network in a model file, in eval mode, float32, on ``device`` (None: CPU): {name: (module, config)}.
+
+    ``frozen`` (None: on a CPU without native bf16) turns each network into a frozen TorchScript graph
+    (``frozen_for_cpu``); otherwise the networks stay PyTorch modules, channels-last.
+    """
     import torch
+
+    from .device import bf16_supported
 
     path = Path(path) if path is not None else default_model_path()
     payload = read_weights_file(path)
+    on_cpu = device is None or torch.device(device).type == "cpu"
+    if frozen is None:
+        frozen = on_cpu and not bf16_supported()
     networks = {}
     for name, entry in payload.items():
         config = NetworkConfig.from_dict(entry["config"])
         module = build_network(config)
         module.load_state_dict(float_weights(entry["state_dict"]))
+        module.eval()
+        if frozen:
+            networks[name] = (frozen_for_cpu(module, config), config)
+            continue
         # Channels-last weights make oneDNN use its fast 3D convolutions (a 64^3 fine window on 2 CPU
         # cores: 0.31 -> 0.21 s in bf16, identical output); training uses the same layout.
-        module.eval().to(device, memory_format=torch.channels_last_3d)
-        networks[name] = (module, config)
+        networks[name] = (module.to(device, memory_format=torch.channels_last_3d), config)
     return networks
+
+
+def frozen_for_cpu(module, config: NetworkConfig):
+    """``module`` as a frozen TorchScript graph for float32 CPU inference (``torch.jit.optimize_for_inference``:
+    weights pre-packed for oneDNN, convolutions fused with what follows them, no Python between the layers).
+
+    On a CPU without native bf16 (2 cores, AVX2) a 64^3 fine window takes 0.37 s instead of 0.52 s, a 4 mm
+    coarse window about half the time; tracing costs about 2 s for the fine network, once per load. The
+    outputs equal the module's to about 1e-4; the graph is traced on a small input and runs on any input
+    size the network accepts (it has no size-dependent branches). ``torch.compile`` reached the same speed
+    but compiles for about 30 s per process, too long before a user's first click; TorchScript is deprecated
+    in PyTorch, so where it is gone or fails the module is returned as it is.
+    """
+    import warnings
+
+    import torch
+
+    example = torch.zeros((1, config.in_channels, *(2 * minimum_input_multiple(config),) * len(config.patch_size)))
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            return torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(module.eval(), example)))
+        except (AttributeError, RuntimeError) as exc:
+            log.warning("networks not frozen (%s): running them as PyTorch modules", exc)
+            return module
 
 
 def read_weights_file(path: str | os.PathLike, kind: str = "model file") -> dict:

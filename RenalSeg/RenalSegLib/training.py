@@ -26,6 +26,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import labels as L
+from .device import bf16_supported
 from .errors import RenalSegError
 from .network import FINE_IN_CHANNELS, MEMORY_CHANNEL, NetworkConfig
 from .preprocess import LEFT_RIGHT_AXIS, grid_for_region, normalize_ct, resample_onto
@@ -258,20 +259,6 @@ class FitOptions:
     bf16: bool = True
     threads: int = 0  # 0: torch default
     loader_workers: int = 1  # background patch-sampling processes (0: sample in the training process)
-
-
-def bf16_supported() -> bool:
-    """True when this CPU runs bf16 matmuls natively (AVX-512 BF16 or AMX); else autocast would be slower."""
-    import torch
-
-    capability = torch.backends.cpu.get_cpu_capability()
-    if capability not in ("AVX512", "AMX"):
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return capability == "AMX"
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def stage_config(stage: str, memory_channel: bool = False, architecture: str = "dynunet") -> NetworkConfig:
