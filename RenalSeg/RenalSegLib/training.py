@@ -578,8 +578,10 @@ def load_stage_weights(module, path: Path, stage: str, widen: bool = False) -> N
     while the new inputs are empty (fine-tuning a 3-channel model into one with the memory channel).
     """
     state, _ = stage_weights(path, stage)
-    if widen:
-        state = _widened(state, module.state_dict())
+    _load_state(module, _widened(state, module.state_dict()) if widen else state, path, stage)
+
+
+def _load_state(module, state: dict, path: Path, stage: str) -> None:
     try:
         module.load_state_dict(state)
     except RuntimeError:  # torch lists every missing or mis-shaped tensor
@@ -607,9 +609,9 @@ def train_from_checkpoint(checkpoint: Path, stage: str):
     """A network of the stage, as configured and with the weights of a checkpoint or model file (for bundling)."""
     from .network import build_network
 
-    _, config = stage_weights(checkpoint, stage)
+    state, config = stage_weights(checkpoint, stage)
     module = build_network(config)
-    load_stage_weights(module, checkpoint, stage)
+    _load_state(module, state, checkpoint, stage)
     return module.eval(), config
 
 
