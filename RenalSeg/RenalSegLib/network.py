@@ -138,8 +138,8 @@ def _plain(value):
 def load_model(path: str | os.PathLike | None = None, device=None, frozen: bool | None = None) -> dict[str, tuple[Any, NetworkConfig]]:
     """Load every network in a model file, in eval mode, float32, on ``device`` (None: CPU): {name: (module, config)}.
 
-    ``frozen`` (None: on a CPU without native bf16) turns each network into a frozen TorchScript graph
-    (``frozen_for_cpu``); otherwise the networks stay PyTorch modules, channels-last.
+    ``frozen`` (None: on a CPU without native bf16; never on a GPU) turns each network into a frozen
+    TorchScript graph (``frozen_for_cpu``); otherwise the networks stay PyTorch modules, channels-last.
     """
     import torch
 
@@ -148,8 +148,7 @@ def load_model(path: str | os.PathLike | None = None, device=None, frozen: bool 
     path = Path(path) if path is not None else default_model_path()
     payload = read_weights_file(path)
     on_cpu = device is None or torch.device(device).type == "cpu"
-    if frozen is None:
-        frozen = on_cpu and not bf16_supported()
+    frozen = on_cpu and (not bf16_supported() if frozen is None else frozen)
     networks = {}
     for name, entry in payload.items():
         config = NetworkConfig.from_dict(entry["config"])
