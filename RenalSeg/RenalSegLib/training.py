@@ -481,7 +481,7 @@ def validate(model, config: NetworkConfig, cache_dir: Path, names: list[str], au
 
     model.eval()
     dice: dict[str, list[float]] = {}
-    lesions = {"reference": 0, "found": 0, "predicted": 0, "false_positive": 0}
+    lesions = dict.fromkeys(("lesions_reference_1ml", "lesions_found_1ml", "lesions_predicted", "false_positive_lesions"), 0)
     files = validation_files(cache_dir, names)
     spacing = (config.spacing_mm,) * 3
     with torch.no_grad():
@@ -499,9 +499,8 @@ def validate(model, config: NetworkConfig, cache_dir: Path, names: list[str], au
                 prediction = postprocess(decide_labels(torch.softmax(logits.float(), 1)[0].numpy()), spacing)
                 regions = L.HEC_REGIONS
                 found = lesion_detection(prediction, reference, voxel_ml=float(np.prod(spacing)) / 1000.0)
-                for key, value in (("reference", "lesions_reference_1ml"), ("found", "lesions_found_1ml"),
-                                   ("predicted", "lesions_predicted"), ("false_positive", "false_positive_lesions")):
-                    lesions[key] += found[value]
+                for key in lesions:
+                    lesions[key] += found[key]
             else:
                 prediction, regions = logits.float().argmax(1)[0].numpy(), {"kidney_and_masses": (1,)}
             for region, values in regions.items():
@@ -511,9 +510,10 @@ def validate(model, config: NetworkConfig, cache_dir: Path, names: list[str], au
     scores = {region: float(np.mean(values)) for region, values in dice.items()}
     parts = list(scores.values())
     if config.out_channels == 4 and files:
-        recall = lesions["found"] / lesions["reference"] if lesions["reference"] else 1.0
-        precision = 1.0 - lesions["false_positive"] / lesions["predicted"] if lesions["predicted"] else 1.0
-        scores.update(lesion_recall_1ml=recall, lesion_precision=precision, false_positives_per_volume=lesions["false_positive"] / len(files))
+        n_reference, n_found, n_predicted, n_false = lesions.values()
+        recall = n_found / n_reference if n_reference else 1.0
+        precision = 1.0 - n_false / n_predicted if n_predicted else 1.0
+        scores.update(lesion_recall_1ml=recall, lesion_precision=precision, false_positives_per_volume=n_false / len(files))
         parts.append(2 * recall * precision / (recall + precision) if recall + precision else 0.0)
     scores["score"] = float(np.mean(parts)) if parts else 0.0
     return {key: round(value, 4) for key, value in scores.items()}
