@@ -221,6 +221,7 @@ def _add_train(sub) -> None:
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--init", help="a new run starts from these weights: a checkpoint or a model file, e.g. the bundled one, to fine-tune it (on real CT with a --real cache)")
     fit.add_argument("--no-bf16", action="store_true", help="train in float32 even where bf16 autocast is available")
+    fit.add_argument("--compile", action="store_true", help="torch.compile the training step: about a minute of compiling, then about 20 %% less time per step")
     bundle = steps.add_parser("bundle", help="write a model file (coarse + fine) and its model card")
     bundle.add_argument("--coarse", required=True, help="coarse run's checkpoint (RUN/last.pt or best.pt), or a model file to take that stage from")
     bundle.add_argument("--fine", required=True, nargs="+", metavar="CHECKPOINT",
@@ -254,7 +255,7 @@ def _run_train(args: argparse.Namespace) -> int:
             validation_cases=validation, click_rate=args.click_rate, guidance_method=args.guidance, validate_every=args.validate_every,
             snapshot_every=args.snapshot_every,
             seed=args.seed, init_weights=args.init or "", bf16=not args.no_bf16, memory_channel=args.memory_channel,
-            architecture=args.architecture,
+            architecture=args.architecture, compile=args.compile,
             **per_class,
         )
         print(f"checkpoint: {T.fit(options)}")

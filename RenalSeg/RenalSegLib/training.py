@@ -259,6 +259,7 @@ class FitOptions:
     bf16: bool = True
     threads: int = 0  # 0: torch default
     loader_workers: int = 1  # background patch-sampling processes (0: sample in the training process)
+    compile: bool = False  # torch.compile the training forward pass: about a minute of compiling, then faster steps
 
 
 def stage_config(stage: str, memory_channel: bool = False, architecture: str = "dynunet") -> NetworkConfig:
@@ -291,6 +292,7 @@ def fit(options: FitOptions) -> Path:
     With validation cases, the weights of the best validation score so far (``validate``) are kept in
     ``run_dir/best.pt`` beside ``last.pt``; with ``snapshot_every``, those of every so many steps too.
     """
+    _check_counts(options)
     _check_same_held_out_cases(options)
     _check_per_class_values(options)
     import torch
@@ -311,6 +313,10 @@ def fit(options: FitOptions) -> Path:
     model = build_network(config).to(device, memory_format=torch.channels_last_3d)
     if distributed:
         model = torch.nn.parallel.DistributedDataParallel(model)
+    # Compiled for the training step only: click rounds and validation run the module as it is (eval mode,
+    # other shapes), and checkpoints save its own state dict. Float32 on a 2-core AVX2 CPU: 2.15 s per step
+    # against 2.73 s, after about a minute of compiling.
+    forward = torch.compile(model) if options.compile else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=options.learning_rate, weight_decay=options.weight_decay)
     weights = torch.tensor(options.class_weights, dtype=torch.float32, device=device) if config.out_channels == 4 else None
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, weight=weights)
@@ -356,7 +362,7 @@ def fit(options: FitOptions) -> Path:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate
         with autocast:
-            logits = model(x)
+            logits = forward(x)
         loss = loss_fn(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -388,6 +394,15 @@ def fit(options: FitOptions) -> Path:
     if distributed:
         torch.distributed.destroy_process_group()
     return checkpoint
+
+
+def _check_counts(options: FitOptions) -> None:
+    at_least = {"steps": 1, "batch_size": 1, "checkpoint_every": 1, "validate_every": 1, "warmup_steps": 0, "snapshot_every": 0, "time_budget_s": 0}
+    for name, least in at_least.items():
+        if getattr(options, name) < least:
+            raise RenalSegError(f"{name} must be at least {least}: got {getattr(options, name)}")
+    if options.learning_rate <= 0 or not 0 <= options.click_rate <= 1:
+        raise RenalSegError(f"learning rate must be above 0 (got {options.learning_rate}), click rate within 0..1 (got {options.click_rate})")
 
 
 def _check_per_class_values(options: FitOptions) -> None:

@@ -89,6 +89,34 @@ def test_per_class_training_values_must_be_four_non_negative_numbers(tmp_path: P
     assert not (tmp_path / "run").exists()
 
 
+def test_fit_refuses_counts_and_rates_out_of_range_before_writing_anything(tmp_path: Path) -> None:
+    bad_values = {"steps": 0, "batch_size": 0, "validate_every": 0, "checkpoint_every": -1, "snapshot_every": -500,
+                  "warmup_steps": -1, "time_budget_s": -60.0}
+    for name, value in bad_values.items():
+        with pytest.raises(RenalSegError, match=f"{name} must be at least"):
+            T.fit(T.FitOptions(run_dir=str(tmp_path / "run"), **{name: value}))
+    for bad in ({"learning_rate": 0.0}, {"click_rate": 1.5}):
+        with pytest.raises(RenalSegError, match="learning rate must be above 0"):
+            T.fit(T.FitOptions(run_dir=str(tmp_path / "run"), **bad))
+    assert not (tmp_path / "run").exists()
+
+
+def test_compiled_training_steps_match_eager_ones_and_save_the_plain_modules_weights(synthetic_cache: Path, tmp_path: Path) -> None:
+    from RenalSegLib.network import build_network
+
+    options = T.FitOptions(stage="fine", cache_dir=str(synthetic_cache), run_dir=str(tmp_path / "eager"), steps=2, warmup_steps=1,
+                           learning_rate=1e-2, loader_workers=0, bf16=False, seed=4)
+    eager = torch.load(T.fit(options), weights_only=True)["model"]
+    compiled = torch.load(T.fit(replace(options, run_dir=str(tmp_path / "compiled"), compile=True)), weights_only=True)["model"]
+    torch.manual_seed(options.seed)
+    start = build_network(T.stage_config("fine")).state_dict()  # fit's initial weights: same seed, same network
+    assert compiled.keys() == eager.keys() == start.keys()  # no torch.compile wrapper prefix in the checkpoint
+    weights = [name for name, tensor in start.items() if tensor.is_floating_point() and "weight" in name]
+    moved = np.mean([(eager[name] - start[name]).abs().mean().item() for name in weights])
+    apart = np.mean([(compiled[name] - eager[name]).abs().mean().item() for name in weights])
+    assert moved > 1e-3 and apart < 0.05 * moved
+
+
 def test_patch_stream_skips_volumes_still_being_written(synthetic_cache: Path) -> None:
     """Training may start while prepare_cache is still writing: its '.partial-' files are not volumes yet."""
     (synthetic_cache / ".partial-case_b_0.npz").write_bytes(b"")  # a write in progress (empty, unreadable)
@@ -292,7 +320,7 @@ def test_the_attention_vnet_trains_on_the_same_stage_and_bundles_as_itself(synth
     assert not (tmp_path / "u").exists()
 
 
-def test_train_fit_command_passes_per_class_values_architecture_snapshots_and_refuses_malformed_values(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_train_fit_command_passes_per_class_values_architecture_snapshots_compile_and_refuses_malformed_values(tmp_path: Path, monkeypatch, capsys) -> None:
     from RenalSegLib import cli
 
     seen = []
@@ -305,6 +333,8 @@ def test_train_fit_command_passes_per_class_values_architecture_snapshots_and_re
     assert (seen[0].architecture, seen[2].architecture) == ("dynunet", "vnet_attention")
     assert cli.main([*base, "--snapshot-every", "500"]) == 0
     assert (seen[0].snapshot_every, seen[3].snapshot_every) == (0, 500)
+    assert cli.main([*base, "--compile"]) == 0
+    assert (seen[0].compile, seen[4].compile) == (False, True)
     with pytest.raises(SystemExit) as exit_:
         cli.main([*base, "--class-weights", "1,3"])
     assert exit_.value.code == 2 and "4 comma-separated numbers" in capsys.readouterr().err
