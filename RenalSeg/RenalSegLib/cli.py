@@ -502,6 +502,12 @@ def _add_synth(sub) -> None:
     p = sub.add_parser("synth", help="synthesise contrast-enhanced CT volumes from KiTS label maps (training/test data)")
     p.add_argument("--labels", required=True, help="a KiTS label map (.nii.gz) or a folder of them (case_*.nii.gz)")
     p.add_argument("--out", required=True, help="output folder: NAME_ct.nii.gz, NAME_labels.nii.gz, parameters.jsonl")
+    p.add_argument("--split", choices=("all", "held-out", "tune"), default="all",
+                   help="which maps of a KiTS label folder: all (default), the held-out validation cases training never sees, "
+                        "or the training-split tune cases release decisions are made on")
+    p.add_argument("--layout", choices=("flat", "folders"), default="flat",
+                   help="flat: NAME_ct / NAME_labels side by side (default); folders: ct/NAME.nii.gz and labels/NAME.nii.gz, "
+                        "ready for 'segment ct --batch' and 'evaluate PRED labels'")
     p.add_argument("--n", type=int, help="number of volumes (default: one per label map; more cycle through the maps)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first volume; volume i uses seed + i (default 0)")
     p.add_argument("--spacing", type=float, nargs="+", metavar="MM", help="output spacing in mm: one value (isotropic) or three (i j k); default: the label map's own grid")
@@ -512,6 +518,14 @@ def _add_synth(sub) -> None:
     p.add_argument("--report", action="store_true", help="write realism_report.md: synthetic HU per tissue beside published ranges and a real CT")
     p.add_argument("--real-ct", help="real CT (DICOM folder or file) measured for the realism report")
     p.add_argument("--kits-json", help="kits23.json: give each case's tumor the appearance of its histology (else random)")
+
+
+def _synth_paths(out: Path, name: str, layout: str, tissues: bool) -> dict[str, Path]:
+    """Where synth writes a volume's CT, labels (and tissue map): side by side, or one folder per kind."""
+    kinds = ("ct", "labels", "tissues") if tissues else ("ct", "labels")
+    if layout == "folders":
+        return {kind: out / kind / f"{name}.nii.gz" for kind in kinds}
+    return {kind: out / f"{name}_{kind}.nii.gz" for kind in kinds}
 
 
 def _run_synth(args: argparse.Namespace) -> int:
@@ -526,6 +540,12 @@ def _run_synth(args: argparse.Namespace) -> int:
     files = sorted(source.glob("*.nii.gz")) if source.is_dir() else [source]
     if not files or not files[0].is_file():
         raise RenalSegError(f"{source}: no label maps (.nii.gz) found")
+    if args.split != "all":
+        from .training import kits_case_split, tune_cases
+
+        if not source.is_dir():
+            raise RenalSegError(f"--split {args.split} picks maps of a KiTS label folder; {source} is one file")
+        files = kits_case_split(source)[1] if args.split == "held-out" else tune_cases(source)
     spacing = None
     if args.spacing:
         if len(args.spacing) not in (1, 3) or min(args.spacing) <= 0:
@@ -555,10 +575,12 @@ def _run_synth(args: argparse.Namespace) -> int:
             if tumor_type:
                 case_config = dataclasses.replace(config, tumor_type_weights={tumor_type: 1.0})
             result = synthesize(read_labels(path), seed=seed, config=case_config, spacing=spacing)
-            write_volume(result.ct, out / f"{name}_ct.nii.gz")
-            write_labels(result.labels, out / f"{name}_labels.nii.gz", result.ct)
-            if args.tissues:
-                write_labels(result.tissues, out / f"{name}_tissues.nii.gz", result.ct)
+            for kind, path in _synth_paths(out, name, args.layout, args.tissues).items():
+                path.parent.mkdir(exist_ok=True)
+                if kind == "ct":
+                    write_volume(result.ct, path)
+                else:
+                    write_labels(getattr(result, kind), path, result.ct)
             if args.preview:
                 from .synthesis_qc import preview
 

@@ -44,6 +44,7 @@ FINE_MARGIN_MM = 40.0  # context kept around the kidneys in fine-stage volumes
 LESION_PATCH_RATIOS = (0.1, 0.25, 0.45, 0.2)
 FINE_CLASS_WEIGHTS = (1.0, 1.0, 3.0, 3.0)
 VALIDATION_EVERY = 10  # every 10th KiTS case (sorted by id) is held out for validation
+TUNE_FIRST, TUNE_EVERY = 4, 26  # tune cases: every 26th training case from the 5th (14 of KiTS23's 360)
 
 
 # --- case sources ----------------------------------------------------------------------------------
@@ -56,6 +57,12 @@ def kits_case_split(label_dir: str | os.PathLike) -> tuple[list[Path], list[Path
     validation = files[VALIDATION_EVERY - 1 :: VALIDATION_EVERY]
     train = [f for f in files if f not in set(validation)]
     return train, validation
+
+
+def tune_cases(label_dir: str | os.PathLike) -> list[Path]:
+    """Training-split label maps that release decisions (checkpoints, rules, thresholds) are made on, so that
+    the held-out cases stay untouched until a model is reported."""
+    return kits_case_split(label_dir)[0][TUNE_FIRST::TUNE_EVERY]
 
 
 def real_case_pairs(root: str | os.PathLike) -> list[tuple[Path, Path]]:

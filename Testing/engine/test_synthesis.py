@@ -215,6 +215,26 @@ def test_preview_is_a_small_png_and_the_cli_writes_volumes_parameters_and_report
     assert [d["tumor_type"] for d in drawn] == ["papillary", "papillary"]
 
 
+def test_cli_synthesises_the_held_out_or_tune_split_into_folders_ready_for_evaluation(tmp_path):
+    from RenalSegLib.cli import main
+    from RenalSegLib.evaluation import label_files
+
+    source = tmp_path / "labels"
+    source.mkdir()
+    sitk.WriteImage(_small_phantom_labels(), str(source / "case_00000.nii.gz"))
+    for n in range(1, 30):
+        (source / f"case_{n:05d}.nii.gz").symlink_to(source / "case_00000.nii.gz")
+    out = tmp_path / "held_out"
+    assert main(["synth", "--labels", str(source), "--out", str(out), "--split", "held-out", "--layout", "folders", "--seed", "7",
+                 "--spacing", "4", "--domain-randomization-rate", "0"]) == 0
+    names = ["case_00009_s7", "case_00019_s8", "case_00029_s9"]
+    assert sorted(label_files(out / "labels", "reference")) == names
+    assert sorted(p.name for p in (out / "ct").iterdir()) == [f"{name}.nii.gz" for name in names]
+    assert main(["synth", "--labels", str(source), "--out", str(tmp_path / "tune"), "--split", "tune", "--layout", "folders", "--spacing", "4"]) == 0
+    assert sorted(p.name for p in (tmp_path / "tune" / "ct").iterdir()) == ["case_00004_s0.nii.gz"]
+    assert main(["synth", "--labels", str(source / "case_00009.nii.gz"), "--out", str(tmp_path / "one"), "--split", "tune"]) == 2
+
+
 def test_reconstruction_circle_blanks_the_corners_but_never_a_labelled_voxel():
     labels = _small_phantom_labels()
     result = synthesize(labels, seed=1, config=SynthesisConfig(domain_randomization_rate=0.0, fov_circle_rate=1.0))

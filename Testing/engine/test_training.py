@@ -48,6 +48,14 @@ def test_fixed_split_holds_out_every_tenth_case(tmp_path: Path) -> None:
     assert len(train) == 23 and not set(train) & set(validation)
 
 
+def test_tune_cases_are_every_26th_training_case_from_the_fifth(tmp_path: Path) -> None:
+    for n in range(400):  # KiTS23's numbering: case_00000..case_00299, case_00400..case_00499
+        (tmp_path / f"case_{n if n < 300 else n + 100:05d}.nii.gz").touch()
+    tune = [p.name[5:10] for p in T.tune_cases(tmp_path)]
+    assert tune == ["00004", "00033", "00062", "00091", "00120", "00148", "00177", "00206", "00235", "00264", "00293", "00422", "00451", "00480"]
+    assert not set(T.tune_cases(tmp_path)) & set(T.kits_case_split(tmp_path)[1])
+
+
 def test_cached_fine_volumes_hold_each_kidney_with_its_labels(synthetic_cache: Path) -> None:
     for path in sorted(synthetic_cache.glob("*.npz")):
         with np.load(path) as data:
