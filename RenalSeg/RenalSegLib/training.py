@@ -408,8 +408,8 @@ def _check_counts(options: FitOptions) -> None:
     for name, least in at_least.items():
         if getattr(options, name) < least:
             raise RenalSegError(f"{name} must be at least {least}: got {getattr(options, name)}")
-    if options.learning_rate <= 0 or not 0 <= options.click_rate <= 1:
-        raise RenalSegError(f"learning rate must be above 0 (got {options.learning_rate}), click rate within 0..1 (got {options.click_rate})")
+    if options.learning_rate < 0 or not 0 <= options.click_rate <= 1:
+        raise RenalSegError(f"learning rate must not be negative (got {options.learning_rate}), click rate within 0..1 (got {options.click_rate})")
 
 
 def _check_per_class_values(options: FitOptions) -> None:

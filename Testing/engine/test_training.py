@@ -103,8 +103,8 @@ def test_fit_refuses_counts_and_rates_out_of_range_before_writing_anything(tmp_p
     for name, value in bad_values.items():
         with pytest.raises(RenalSegError, match=f"{name} must be at least"):
             T.fit(T.FitOptions(run_dir=str(tmp_path / "run"), **{name: value}))
-    for bad in ({"learning_rate": 0.0}, {"click_rate": 1.5}):
-        with pytest.raises(RenalSegError, match="learning rate must be above 0"):
+    for bad in ({"learning_rate": -1e-3}, {"click_rate": 1.5}):
+        with pytest.raises(RenalSegError, match="learning rate must not be negative"):
             T.fit(T.FitOptions(run_dir=str(tmp_path / "run"), **bad))
     assert not (tmp_path / "run").exists()
 
