@@ -135,11 +135,11 @@ def _plain(value):
     return value
 
 
-def load_model(path: str | os.PathLike | None = None, device=None, frozen: bool | None = None) -> dict[str, tuple[Any, NetworkConfig]]:
-    """Load every network in a model file, in eval mode, float32, on ``device`` (None: CPU): {name: (module, config)}.
+def load_model(path: str | os.PathLike | None = None, device=None, onnx: bool | None = None) -> dict[str, tuple[Any, NetworkConfig]]:
+    """Load every network in a model file, in eval mode, float32, on ``device`` (None: CPU): {name: (network, config)}.
 
-    ``frozen`` (None: on a CPU without native bf16; never on a GPU) turns each network into a frozen
-    TorchScript graph (``frozen_for_cpu``); otherwise the networks stay PyTorch modules, channels-last.
+    ``onnx`` (None: on a CPU without native bf16; never on a GPU) runs each network through ONNX Runtime
+    (``onnx_cpu.for_cpu``); otherwise the networks stay PyTorch modules, channels-last.
     """
     import torch
 
@@ -148,46 +148,22 @@ def load_model(path: str | os.PathLike | None = None, device=None, frozen: bool 
     path = Path(path) if path is not None else default_model_path()
     payload = read_weights_file(path)
     on_cpu = device is None or torch.device(device).type == "cpu"
-    frozen = on_cpu and (not bf16_supported() if frozen is None else frozen)
+    onnx = on_cpu and (not bf16_supported() if onnx is None else onnx)
     networks = {}
     for name, entry in payload.items():
         config = NetworkConfig.from_dict(entry["config"])
         module = build_network(config)
         module.load_state_dict(float_weights(entry["state_dict"]))
         module.eval()
-        if frozen:
-            networks[name] = (frozen_for_cpu(module, config), config)
+        if onnx:
+            from .onnx_cpu import for_cpu
+
+            networks[name] = (for_cpu(module, config), config)
             continue
         # Channels-last weights make oneDNN use its fast 3D convolutions (a 64^3 fine window on 2 CPU
         # cores: 0.31 -> 0.21 s in bf16, identical output); training uses the same layout.
         networks[name] = (module.to(device, memory_format=torch.channels_last_3d), config)
     return networks
-
-
-def frozen_for_cpu(module, config: NetworkConfig):
-    """``module`` as a frozen TorchScript graph for float32 CPU inference (``torch.jit.optimize_for_inference``:
-    weights pre-packed for oneDNN, convolutions fused with what follows them, no Python between the layers).
-
-    On a CPU without native bf16 (2 cores, AVX2) a 64^3 fine window takes 0.37 s instead of 0.52 s, a 4 mm
-    coarse window about half the time; tracing costs about 2 s for the fine network, once per load. The
-    outputs equal the module's to about 1e-4; the graph is traced on a small input and runs on any input
-    size the network accepts (it has no size-dependent branches). ``torch.compile`` reached the same speed
-    but compiles for about 30 s per process, too long before a user's first click; TorchScript is deprecated
-    in PyTorch, so where it is gone or fails the module is returned as it is.
-    """
-    import warnings
-
-    import torch
-
-    example = torch.zeros((1, config.in_channels, *(2 * minimum_input_multiple(config),) * len(config.patch_size)))
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        try:
-            return torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(module.eval(), example)))
-        except (AttributeError, RuntimeError) as exc:
-            log.warning("networks not frozen (%s): running them as PyTorch modules", exc)
-            return module
 
 
 def read_weights_file(path: str | os.PathLike, kind: str = "model file") -> dict:

@@ -36,7 +36,7 @@ def test_model_file_round_trip_restores_weights_and_card(tmp_path: Path) -> None
     config = N.NetworkConfig(filters=(4, 8, 16))
     model = N.build_network(config)
     path = N.save_model(tmp_path / "m.pt", {"fine": (model, config)}, {"training_data": "phantom"})
-    loaded, loaded_config = N.load_model(path, frozen=False)["fine"]  # a module, whose weights can be compared
+    loaded, loaded_config = N.load_model(path, onnx=False)["fine"]  # a module, whose weights can be compared
     assert loaded_config == config
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         # Stored in half precision: equal to fp16 rounding.
@@ -87,27 +87,35 @@ def test_tiny_network_overfits_one_phantom_case() -> None:
         assert 2 * (p_ & r_).sum() / (p_.sum() + r_.sum()) > 0.9, f"label {label}"
 
 
-def test_frozen_cpu_network_computes_what_the_module_does_at_any_input_size(tmp_path: Path, monkeypatch) -> None:
-    """The TorchScript graph used for float32 CPU inference: traced on a small input, it gives the module's
-    outputs for other sizes and batches; load_model freezes on CPUs without native bf16 (or when asked)."""
+def test_onnx_cpu_network_computes_what_the_module_does_at_any_input_size_and_is_exported_once(tmp_path: Path, monkeypatch) -> None:
+    """The ONNX Runtime network used for float32 CPU inference: exported on a small input, it gives the module's
+    outputs for other sizes and batches, is cached by its weights, and load_model uses it on CPUs without
+    native bf16 (or when asked)."""
+    from RenalSegLib import device, onnx_cpu
+
+    monkeypatch.setenv("RENALSEG_CACHE", str(tmp_path / "cache"))
     config = N.NetworkConfig(filters=(8, 16, 32, 64))
     module = N.build_network(config).eval()
-    frozen = N.frozen_for_cpu(module, config)
+    network = onnx_cpu.for_cpu(module, config)
+    assert isinstance(network, onnx_cpu.OnnxNetwork) and network.path.parent == tmp_path / "cache"
     for shape in ((1, 3, 32, 32, 32), (2, 3, 48, 32, 64)):
         x = torch.randn(shape)
         with torch.no_grad():
-            torch.testing.assert_close(frozen(x), module(x), atol=1e-3, rtol=1e-3)
+            torch.testing.assert_close(network(x), module(x), atol=1e-3, rtol=1e-3)
+    exports, export = [], onnx_cpu.export
+    monkeypatch.setattr(onnx_cpu, "export", lambda *args: exports.append(args) or export(*args))
+    assert onnx_cpu.for_cpu(module, config).path == network.path and not exports  # the cached export is reused
     path = N.save_model(tmp_path / "m.pt", {"fine": (module, config)}, card={})
-    from RenalSegLib import device
-
-    for native_bf16, graph in ((False, True), (True, False)):
+    for native_bf16, onnx in ((False, True), (True, False)):
         monkeypatch.setattr(device, "bf16_supported", lambda native_bf16=native_bf16: native_bf16)
         loaded, loaded_config = N.load_model(path)["fine"]
-        assert isinstance(loaded, torch.jit.ScriptModule) is graph and loaded_config == config
-    assert not isinstance(N.load_model(path, frozen=False)["fine"][0], torch.jit.ScriptModule)
+        assert isinstance(loaded, onnx_cpu.OnnxNetwork) is onnx and loaded_config == config
+    assert isinstance(N.load_model(path, onnx=False)["fine"][0], torch.nn.Module)
+    assert len(exports) == 1  # half-precision weights in the file: another network, another export
 
-    def no_tracing(*args, **kwargs):
-        raise RuntimeError("tracing failed")
+    def failing_export(*args):
+        raise RuntimeError("unsupported operator")
 
-    monkeypatch.setattr(torch.jit, "trace", no_tracing)  # a PyTorch without working TorchScript: the module itself
-    assert N.frozen_for_cpu(module, config) is module
+    monkeypatch.setattr(onnx_cpu, "export", failing_export)  # an export that fails: the module itself
+    other = N.build_network(config).eval()
+    assert onnx_cpu.for_cpu(other, config) is other
