@@ -498,7 +498,7 @@ def validate(model, config: NetworkConfig, cache_dir: Path, names: list[str], au
     import torch
     from monai.inferers import sliding_window_inference
 
-    from .evaluation import lesion_detection, padded_box
+    from .evaluation import dice as region_dice, lesion_detection, padded_box
     from .inference import KIDNEY_MARGIN_MM, decide_labels, postprocess
 
     model.eval()
@@ -527,8 +527,8 @@ def validate(model, config: NetworkConfig, cache_dir: Path, names: list[str], au
                 prediction, regions = logits.float().argmax(1)[0].numpy(), {"kidney_and_masses": (1,)}
             for region, values in regions.items():
                 p, r = np.isin(prediction, values), np.isin(reference, values)
-                if r.any() or p.any():
-                    dice.setdefault(region, []).append(2 * (p & r).sum() / (p.sum() + r.sum()))
+                if r.any() or p.any():  # a region empty in both says nothing about the network
+                    dice.setdefault(region, []).append(region_dice(p, r))
     scores = {region: float(np.mean(values)) for region, values in dice.items()}
     parts = list(scores.values())
     if config.out_channels == 4 and files:
