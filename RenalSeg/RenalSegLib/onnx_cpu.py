@@ -93,7 +93,7 @@ def export(module, config, path: Path) -> Path:
 
     example = torch.zeros((1, config.in_channels, *(2 * minimum_input_multiple(config),) * len(config.patch_size)))
     sizes = {axis: torch.export.Dim.AUTO for axis in (0, *range(2, example.ndim))}
-    quiet = [logging.getLogger(name) for name in ("torch", "torch.__trace", "torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    quiet = [logging.getLogger(name) for name in ("torch", "torch.__trace", "torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir")]
     levels = [logger.level for logger in quiet]
     try:
         for logger in quiet:
