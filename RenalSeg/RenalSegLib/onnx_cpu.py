@@ -2,10 +2,11 @@
 
 On such a CPU (2 cores, AVX2) ONNX Runtime runs a 64^3 fine window in 0.31-0.34 s against the PyTorch
 module's 0.42 s, as fast as the frozen TorchScript graphs it replaced (deprecated in PyTorch), though
-slower on click crops' small irregular windows (48x64x48: 0.20 s against 0.15 s). Exporting a network (``torch.onnx.export``, dynamo exporter) takes tens of seconds, so each export is
-cached on disk, keyed by the network's weights, config and the torch version: a machine pays it once per
-model, and later loads take well under a second. The ONNX graph accepts any batch and spatial size the
-network does. Where ONNX Runtime is missing or the export fails, the module itself is used.
+slower on click crops' small irregular windows (48x64x48: 0.20 s against 0.15 s). Exporting a network
+(``torch.onnx.export``, dynamo exporter) takes about 30 s for the bundled model, so each export is cached
+on disk, keyed by the network's weights, config and the torch version: a machine pays it once per model.
+The ONNX graph accepts any batch and spatial size the network does. Where ONNX Runtime is missing or the
+export fails, the module itself is used.
 """
 
 from __future__ import annotations
@@ -16,8 +17,12 @@ import logging
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +58,7 @@ class OnnxNetwork:
         return torch.from_numpy(self.session.run(None, {self.input_name: values})[0])
 
 
-def for_cpu(module, config) -> "OnnxNetwork | object":
+def for_cpu(module, config) -> OnnxNetwork | torch.nn.Module:
     """``module`` (a network built from ``config``, in eval mode) as an ``OnnxNetwork``, exported on first use;
     the module itself where ONNX Runtime is missing or the export fails (with a log line)."""
     import torch
