@@ -16,15 +16,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import RenalSegError
-
-log = logging.getLogger(__name__)
 
 # Input channels of the fine network. A 4-channel fine network also takes the current mask of the masses
 # (tumor or cyst) being refined: nnInteractive's interaction memory; 0 in auto mode.
