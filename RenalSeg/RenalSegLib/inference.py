@@ -59,12 +59,16 @@ class Segmenter:
     timings: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, model_path=None, device: str = "auto", fast: bool = False, flip_tta: bool = False) -> "Segmenter":
+    def load(
+        cls, model_path=None, device: str = "auto", fast: bool = False, flip_tta: bool = False, notify: Callable[[str], None] | None = None
+    ) -> "Segmenter":
+        """Load a model file (None: the bundled model); ``notify(message)`` hears of a slow first-time step
+        (``network.load_model``)."""
         from .device import resolve_device
         from .network import load_model
 
         torch_device = resolve_device(device)
-        return cls(load_model(model_path, torch_device), torch_device, fast, flip_tta)
+        return cls(load_model(model_path, torch_device, notify=notify), torch_device, fast, flip_tta)
 
     # -- stages -------------------------------------------------------------------------------------
 
@@ -279,7 +283,7 @@ def segment(
     t0 = time.perf_counter()
     if segmenter is None:
         report(0.0, "loading model")
-        segmenter = Segmenter.load(model_path, device, fast, flip_tta)
+        segmenter = Segmenter.load(model_path, device, fast, flip_tta, notify=lambda message: report(0.0, message))
     timings["load"] = time.perf_counter() - t0
     check_cancel()
     report(0.05, "finding kidneys")

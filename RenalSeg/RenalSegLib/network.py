@@ -17,6 +17,7 @@ import copy
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,11 +133,14 @@ def _plain(value):
     return value
 
 
-def load_model(path: str | os.PathLike | None = None, device=None, onnx: bool | None = None) -> dict[str, tuple[Any, NetworkConfig]]:
+def load_model(
+    path: str | os.PathLike | None = None, device=None, onnx: bool | None = None, notify: Callable[[str], None] | None = None
+) -> dict[str, tuple[Any, NetworkConfig]]:
     """Load every network in a model file, in eval mode, float32, on ``device`` (None: CPU): {name: (network, config)}.
 
     ``onnx`` (None: on a CPU without native bf16; never on a GPU) runs each network through ONNX Runtime
-    (``onnx_cpu.for_cpu``); otherwise the networks stay PyTorch modules, channels-last.
+    (``onnx_cpu.for_cpu``, which calls ``notify(message)`` before a first-time export); otherwise the
+    networks stay PyTorch modules, channels-last.
     """
     import torch
 
@@ -155,7 +159,7 @@ def load_model(path: str | os.PathLike | None = None, device=None, onnx: bool | 
         if onnx:
             from .onnx_cpu import for_cpu
 
-            networks[name] = (for_cpu(module, config), config)
+            networks[name] = (for_cpu(module, config, notify), config)
             continue
         # Channels-last weights make oneDNN use its fast 3D convolutions (a 64^3 fine window on 2 CPU
         # cores: 0.31 -> 0.21 s in bf16, identical output); training uses the same layout.

@@ -17,6 +17,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -58,9 +59,10 @@ class OnnxNetwork:
         return torch.from_numpy(self.session.run(None, {self.input_name: values})[0])
 
 
-def for_cpu(module, config) -> OnnxNetwork | torch.nn.Module:
+def for_cpu(module, config, notify: Callable[[str], None] | None = None) -> OnnxNetwork | torch.nn.Module:
     """``module`` (a network built from ``config``, in eval mode) as an ``OnnxNetwork``, exported on first use;
-    the module itself where ONNX Runtime is missing or the export fails (with a log line)."""
+    the module itself where ONNX Runtime is missing or the export fails (with a log line). ``notify(message)``
+    is called before an export, so a user interface can say why this load takes half a minute."""
     import torch
 
     try:
@@ -71,6 +73,8 @@ def for_cpu(module, config) -> OnnxNetwork | torch.nn.Module:
     path = cache_dir() / f"{weights_digest(module, config)}.onnx"
     if not path.is_file():
         log.info("exporting the %s network for this CPU (once per model, cached in %s)", config.architecture, path.parent)
+        if notify is not None:
+            notify(f"preparing the {config.architecture} network for this CPU (once per model, about 30 s)")
         try:
             export(module, config, path)
         except Exception as exc:  # the exporter raises many kinds (torch, onnxscript, onnx); any means "not exported"

@@ -89,29 +89,32 @@ def test_tiny_network_overfits_one_phantom_case() -> None:
 
 def test_onnx_cpu_network_computes_what_the_module_does_at_any_input_size_and_is_exported_once(tmp_path: Path, monkeypatch) -> None:
     """The ONNX Runtime network used for float32 CPU inference: exported on a small input, it gives the module's
-    outputs for other sizes and batches, is cached by its weights, and load_model uses it on CPUs without
-    native bf16 (or when asked)."""
+    outputs for other sizes and batches, is cached by its weights (an export, not a cached load, is announced),
+    and load_model uses it on CPUs without native bf16 (or when asked)."""
     from RenalSegLib import device, onnx_cpu
 
     monkeypatch.setenv("RENALSEG_CACHE", str(tmp_path / "cache"))
     config = N.NetworkConfig(filters=(8, 16, 32, 64))
     module = N.build_network(config).eval()
-    network = onnx_cpu.for_cpu(module, config)
+    notices = []
+    network = onnx_cpu.for_cpu(module, config, notices.append)
     assert isinstance(network, onnx_cpu.OnnxNetwork) and network.path.parent == tmp_path / "cache"
+    assert len(notices) == 1 and "once" in notices[0]
     for shape in ((1, 3, 32, 32, 32), (2, 3, 48, 32, 64)):
         x = torch.randn(shape)
         with torch.no_grad():
             torch.testing.assert_close(network(x), module(x), atol=1e-3, rtol=1e-3)
     exports, export = [], onnx_cpu.export
     monkeypatch.setattr(onnx_cpu, "export", lambda *args: exports.append(args) or export(*args))
-    assert onnx_cpu.for_cpu(module, config).path == network.path and not exports  # the cached export is reused
+    assert onnx_cpu.for_cpu(module, config, notices.append).path == network.path and not exports  # the cached export is reused
+    assert len(notices) == 1
     path = N.save_model(tmp_path / "m.pt", {"fine": (module, config)}, card={})
     for native_bf16, onnx in ((False, True), (True, False)):
         monkeypatch.setattr(device, "bf16_supported", lambda native_bf16=native_bf16: native_bf16)
-        loaded, loaded_config = N.load_model(path)["fine"]
+        loaded, loaded_config = N.load_model(path, notify=notices.append)["fine"]
         assert isinstance(loaded, onnx_cpu.OnnxNetwork) is onnx and loaded_config == config
     assert isinstance(N.load_model(path, onnx=False)["fine"][0], torch.nn.Module)
-    assert len(exports) == 1  # half-precision weights in the file: another network, another export
+    assert len(exports) == 1 and len(notices) == 2  # half-precision weights in the file: another network, another export
 
     def failing_export(*args):
         raise RuntimeError("unsupported operator")
