@@ -201,3 +201,20 @@ def test_bundled_model_on_the_real_ct_puts_lesions_only_on_kidneys(real_ct_dir: 
     with_lesion = ndimage.maximum(np.isin(out, L.LESION_LABELS), components, np.arange(1, count + 1)).astype(bool)
     assert count <= I.MAX_KIDNEYS
     assert (kidney_ml[with_lesion] >= I.MIN_KIDNEY_TISSUE_ML).all()
+
+
+def test_bundled_model_scores_its_recorded_dice_on_the_bundled_sample() -> None:
+    """A Dice regression test: the shipped engine (preprocessing, networks, decision, postprocessing) still
+    scores, on the bundled synthetic sample, the Dice its model card records for ``renalseg demo``."""
+    from RenalSegLib.cli import sample_ct_path, sample_labels_path
+    from RenalSegLib.evaluation import evaluate_case
+    from RenalSegLib.network import default_model_path, read_model_card
+    from RenalSegLib.volume import read_labels, read_volume
+
+    recorded = read_model_card(default_model_path())["metrics"]["bundled_sample"]["dice"]
+    ct = read_volume(sample_ct_path())
+    reference = sitk.GetArrayFromImage(read_labels(sample_labels_path()))
+    scores = evaluate_case(sitk.GetArrayFromImage(I.segment(ct, device="cpu")), reference, ct.GetSpacing()[::-1])
+    assert recorded.keys() == {"kidney_and_masses", "masses", "tumor"}
+    for region, dice in recorded.items():
+        assert scores[f"dice_{region}"] >= dice - 0.01, f"{region}: {scores[f'dice_{region}']:.3f}, recorded {dice:.3f}"
