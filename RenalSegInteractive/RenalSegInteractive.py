@@ -70,6 +70,7 @@ class RenalSegInteractiveWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self._shortcuts = []
         self._sessionReady = None  # future of the session being built on the worker thread
         self._warmUp = None  # future of the model warm-up
+        self._loadingShown = False  # the status label said the model was loading slowly
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -99,6 +100,7 @@ class RenalSegInteractiveWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         for shortcut in self._shortcuts:
             shortcut.enabled = True
         self._warmUp = self.logic.warm_up()  # load + run the model once, on the worker thread
+        self._timer.start()  # _poll says what a slow first load is doing
 
     def exit(self):
         for shortcut in self._shortcuts:
@@ -184,6 +186,7 @@ class RenalSegInteractiveWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             node.RemoveNthControlPoint(index)
 
     def _poll(self):
+        self._showLoading()
         while self._pending and self._pending[0][0].done():
             future, node, pointID = self._pending.pop(0)
             try:
@@ -194,8 +197,19 @@ class RenalSegInteractiveWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
                 self._removePoint(node, pointID)
                 self.ui.statusLabel.text = str(error)
                 logging.warning("RenalSeg click failed: %s", error)
-        if not self._pending:
+        if not self._pending and self._warmUp is None:
             self._timer.stop()
+
+    def _showLoading(self):
+        """While the model loads slowly (the first time on a CPU: a one-time export), say so; then that it is loaded."""
+        notice = self.logic.loading_notice()
+        if notice:
+            self.ui.statusLabel.text = _("Loading the model: {notice}...").format(notice=notice)
+            self._loadingShown = True
+        if self._warmUp is not None and self._warmUp.done():
+            self._warmUp = None
+            if self._loadingShown:
+                self.ui.statusLabel.text = _("Model loaded.")
 
     def onUndo(self):
         with slicer.util.tryWithErrorDisplay(_("Undo failed.")):

@@ -2,7 +2,7 @@
 
 On such a CPU (2 cores, AVX2) ONNX Runtime runs a 64^3 fine window in 0.31-0.34 s against the PyTorch
 module's 0.42 s, as fast as the frozen TorchScript graphs it replaced (deprecated in PyTorch), though
-slower on click crops' small irregular windows (48x64x48: 0.20 s against 0.15 s). Exporting a network
+slower on small irregular windows (48x64x48: 0.20 s against 0.15 s; click crops are 64^3). Exporting a network
 (``torch.onnx.export``, dynamo exporter) takes about 30 s for the bundled model, so each export is cached
 on disk, keyed by the network's weights, config and the torch version: a machine pays it once per model.
 The ONNX graph accepts any batch and spatial size the network does. Where ONNX Runtime is missing or the

@@ -56,14 +56,22 @@ class EngineSessions:
     def __init__(self):
         self._segmenter = None
         self._key = None
+        self.notice = ""  # what a slow model load is doing now (a first-time export), for the widget; else ""
 
     def segmenter(self, device: str = "auto", model_path=None):
         from RenalSegLib.inference import Segmenter  # torch/MONAI load here, on the worker thread
 
         key = (device, str(model_path))
         if self._key != key:
-            self._segmenter, self._key = Segmenter.load(model_path, device), key
+            try:
+                self._segmenter = Segmenter.load(model_path, device, notify=self._notify)
+            finally:
+                self.notice = ""
+            self._key = key
         return self._segmenter
+
+    def _notify(self, message: str) -> None:
+        self.notice = message
 
     def warm_up(self, device: str = "auto", model_path=None) -> None:
         """Load the model now, so that the first click does not wait for it."""
@@ -112,6 +120,10 @@ class InteractiveLogic:
         """Load the model on the worker thread (call when the module opens); None if the factory has nothing to warm."""
         warm = getattr(self.session_factory, "warm_up", None)
         return None if warm is None else self.worker.submit(warm, self.device, self.model_path)
+
+    def loading_notice(self) -> str:
+        """What the model load on the worker is doing now, when it is slow (a first-time export); else ""."""
+        return getattr(self.session_factory, "notice", "")
 
     def start(self, volume_node, segmentation_node, target_segments: Mapping[int, str] | None = None) -> Future:
         """Begin refining ``segmentation_node`` (made by RenalSeg or drawn by hand) on ``volume_node``.

@@ -52,3 +52,23 @@ def test_refinement_through_the_real_session_changes_only_the_crop(scene, small_
         np.testing.assert_array_equal(logic.read_kits_labels(), before)
     finally:
         logic.shutdown()
+
+
+def test_warm_up_says_what_a_first_time_export_is_doing_while_it_runs(scene, untrained_model, tmp_path, monkeypatch):
+    """On a CPU without bf16 the first load exports the networks (about 30 s for the bundled model): while it
+    runs on the worker, the logic's notice says so (the widget shows it); after it, the notice is empty."""
+    from RenalSegLib import device, onnx_cpu
+
+    monkeypatch.setenv("RENALSEG_CACHE", str(tmp_path / "cache"))  # nothing exported yet
+    monkeypatch.setattr(device, "bf16_supported", lambda: False)
+    sessions = EngineSessions()
+    logic = InteractiveLogic(scene, sessions, device="cpu", model_path=str(untrained_model))
+    during, export = [], onnx_cpu.export
+    monkeypatch.setattr(onnx_cpu, "export", lambda *args: during.append(logic.loading_notice()) or export(*args))
+    try:
+        assert logic.loading_notice() == ""
+        logic.warm_up().result(120)
+    finally:
+        logic.shutdown()
+    assert during and all("once per model" in notice for notice in during)
+    assert logic.loading_notice() == ""
