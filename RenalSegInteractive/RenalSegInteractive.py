@@ -210,6 +210,7 @@ class RenalSegInteractiveWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             self._warmUp = None
             if self._loadingShown:
                 self.ui.statusLabel.text = _("Model loaded.")
+                self._loadingShown = False
 
     def onUndo(self):
         with slicer.util.tryWithErrorDisplay(_("Undo failed.")):
