@@ -72,8 +72,9 @@ def for_cpu(module, config, notify: Callable[[str], None] | None = None) -> Onnx
         return module
     path = cache_dir() / f"{weights_digest(module, config)}.onnx"
     if not path.is_file():
-        log.info("exporting the %s network for this CPU (once per model, cached in %s)", config.architecture, path.parent)
-        if notify is not None:
+        if notify is None:
+            log.info("exporting the %s network for this CPU (once per model, cached in %s)", config.architecture, path.parent)
+        else:  # shown by the caller's progress instead of a log line beside it
             notify(f"preparing the {config.architecture} network for this CPU (once per model, about 30 s)")
         try:
             export(module, config, path)
