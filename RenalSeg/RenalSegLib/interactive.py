@@ -421,8 +421,10 @@ def _merge_clicked_structure(before: np.ndarray, proposal: np.ndarray, click_kji
     if positive:
         return merged
     labelled = _component_at(before, click_kji, family)
-    clicked = labelled & (before == before[index]) if labelled is not None else None
-    if clicked is not None and (clicked & ~np.isin(proposal, family)).sum() >= NEGATIVE_ERASE_SHARE * clicked.sum():
+    if labelled is None:
+        return merged
+    clicked = labelled & (before == before[index])
+    if (clicked & ~np.isin(proposal, family)).sum() >= NEGATIVE_ERASE_SHARE * clicked.sum():
         outside = L.KIDNEY if family == L.LESION_LABELS else L.BACKGROUND
         merged[labelled] = np.where(np.isin(proposal[labelled], family), outside, proposal[labelled])
     return merged

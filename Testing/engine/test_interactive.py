@@ -179,14 +179,14 @@ def test_negative_click_only_removes_from_the_clicked_mass(segmenter, phantom) -
     assert not np.isin(session.labels[grown], L.LESION_LABELS).any()
 
 
-def _false_island(phantom) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The phantom's true labels, a ball of kidney in the left kidney, and its centre (LPS)."""
+def _false_island(phantom) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The phantom's true labels, its voxels' LPS points, a ball of kidney in the left kidney, and its centre (LPS)."""
     truth = sitk.GetArrayFromImage(phantom.labels)
     grid = phantoms.physical_grid(phantom.ct)
     centre = phantoms.image_center(phantom.ct) + np.array([55.0, 20.0, 15.0])
     island = phantoms.ellipsoid(grid, centre, (8.0, 8.0, 8.0))
     assert (truth[island] == L.KIDNEY).all()
-    return truth, island, centre
+    return truth, grid, island, centre
 
 
 @pytest.mark.parametrize("cut_mm, erased", [(3.0, True), (0.0, True), (-1.5, False), (-3.0, False)])
@@ -195,8 +195,7 @@ def test_negative_click_erases_a_false_lesion_the_network_drops_most_of(segmente
     left. Dropping 82 % or 57 % of it (the network keeps what lies 3 mm or 0 mm left of its centre; shares as
     the merge sees them, after resampling) erases it all; dropping 47 % or 32 % (it keeps all but the right
     6.5 or 5 mm, under ``NEGATIVE_ERASE_SHARE``) removes only that."""
-    truth, island, centre = _false_island(phantom)
-    grid = phantoms.physical_grid(phantom.ct)
+    truth, grid, island, centre = _false_island(phantom)
     start_labels = truth.copy()
     start_labels[island] = L.TUMOR
     kept = island & (grid[..., 0] > centre[0] + cut_mm)
@@ -217,8 +216,7 @@ def test_negative_click_erases_a_false_mass_of_both_classes_when_the_clicked_cla
     """A false mass, tumor on the patient's right half and cyst on the left; told "not tumor" on its tumor half,
     the network drops that half and keeps the cyst: under half of the mass but all of the class clicked, so
     the whole mass goes, the cyst with it."""
-    truth, island, centre = _false_island(phantom)
-    grid = phantoms.physical_grid(phantom.ct)
+    truth, grid, island, centre = _false_island(phantom)
     cyst_half = island & (grid[..., 0] > centre[0])
     start_labels = truth.copy()
     start_labels[island] = L.TUMOR
