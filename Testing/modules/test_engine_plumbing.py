@@ -72,3 +72,16 @@ def test_warm_up_says_what_a_first_time_export_is_doing_while_it_runs(scene, unt
         logic.shutdown()
     assert during and all("once per model" in notice for notice in during)
     assert logic.loading_notice() == ""
+
+
+def test_auto_segmentation_progress_says_when_the_first_load_exports_the_networks(scene, oblique_phantom, untrained_model, tmp_path, monkeypatch):
+    """The RenalSeg module's engine loads the model itself: its progress also carries the one-time export's message."""
+    from RenalSegLib import device
+
+    monkeypatch.setenv("RENALSEG_CACHE", str(tmp_path / "cache"))  # nothing exported yet
+    monkeypatch.setattr(device, "bf16_supported", lambda: False)
+    messages = []
+    settings = SegmentationSettings(device="cpu", fast=True, model_path=str(untrained_model))
+    RenalSegLogic(scene, InferenceEngine()).process(io.add_volume_node(scene, oblique_phantom.ct), settings=settings,
+                                                    progress=lambda f, m: messages.append(m))
+    assert messages[0] == "loading model" and any("once per model" in m for m in messages[1:3])
