@@ -109,20 +109,19 @@ def test_postprocess_removes_lesions_away_from_kidneys_and_tiny_specks() -> None
     assert (out[20:24, 10:13, 10:13] == L.KIDNEY).all()
 
 
-def test_postprocess_merges_the_small_class_fragments_of_a_mass() -> None:
+def test_postprocess_gives_each_mass_the_class_of_most_of_its_voxels() -> None:
     kits = np.zeros((40, 60, 60), np.uint8)
     kits[5:35, 5:30, 5:30] = L.KIDNEY
     kits[10:20, 10:20, 10:20] = L.TUMOR  # 8 mL tumor ...
     kits[12:15, 12:15, 20:23] = L.CYST  # ... with a 0.2 mL cyst speck on its side: becomes tumor
-    kits[22:30, 10:20, 10:20] = L.CYST  # 6.4 mL cyst ...
-    kits[26:30, 14:18, 20:24] = L.TUMOR  # ... with a 0.5 mL tumor bud: becomes cyst
-    kits[20:22, 10:20, 10:20] = L.TUMOR  # one mass with the tumor above: two large parts keep their classes
+    kits[20:30, 10:20, 10:20] = L.CYST  # ... and an 8 mL cyst below it: one mass, 8.2 mL cyst to 8 mL tumor: cyst
     kits[30:33, 22:27, 22:28] = L.CYST  # a 0.72 mL cyst and a 0.48 mL tumor touching: one 1.2 mL mass ...
-    kits[33:35, 22:27, 22:28] = L.TUMOR  # ... of small parts only: its majority class, cyst
+    kits[33:35, 22:27, 22:28] = L.TUMOR  # ... of cyst
+    kits[10:20, 5:9, 5:9] = L.TUMOR  # a separate 1.3 mL tumor keeps its class
     out = I.postprocess(kits, spacing=(2.0, 2.0, 2.0))
-    assert (out[10:22, 10:20, 10:20] == L.TUMOR).all() and (out[12:15, 12:15, 20:23] == L.TUMOR).all()
-    assert (out[22:30, 10:20, 10:20] == L.CYST).all() and (out[26:30, 14:18, 20:24] == L.CYST).all()
+    assert (out[10:30, 10:20, 10:20] == L.CYST).all() and (out[12:15, 12:15, 20:23] == L.CYST).all()
     assert (out[30:35, 22:27, 22:28] == L.CYST).all()
+    assert (out[10:20, 5:9, 5:9] == L.TUMOR).all()
     np.testing.assert_array_equal(out > 0, kits > 0)
     np.testing.assert_array_equal(np.isin(out, L.LESION_LABELS), np.isin(kits, L.LESION_LABELS))
 
