@@ -113,8 +113,8 @@ def test_postprocess_gives_each_mass_the_class_of_most_of_its_voxels() -> None:
     kits = np.zeros((40, 60, 60), np.uint8)
     kits[5:35, 5:30, 5:30] = L.KIDNEY
     kits[10:20, 10:20, 10:20] = L.TUMOR  # 8 mL tumor ...
-    kits[12:15, 12:15, 20:23] = L.CYST  # ... with a 0.2 mL cyst speck on its side: becomes tumor
-    kits[20:30, 10:20, 10:20] = L.CYST  # ... and an 8 mL cyst below it: one mass, 8.2 mL cyst to 8 mL tumor: cyst
+    kits[12:15, 12:15, 20:23] = L.CYST  # ... with a 0.2 mL cyst speck on its side ...
+    kits[20:30, 10:20, 10:20] = L.CYST  # ... and an 8 mL cyst below it: one mass, 8.2 mL cyst to 8 mL tumor: all cyst
     kits[30:33, 22:27, 22:28] = L.CYST  # a 0.72 mL cyst and a 0.48 mL tumor touching: one 1.2 mL mass ...
     kits[33:35, 22:27, 22:28] = L.TUMOR  # ... of cyst
     kits[10:20, 5:9, 5:9] = L.TUMOR  # a separate 1.3 mL tumor keeps its class
