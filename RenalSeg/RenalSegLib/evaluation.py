@@ -32,7 +32,7 @@ from scipy import ndimage
 
 from .clicksim import UserClick, missed_lesion_clicks, next_click, user_click
 from .errors import RenalSegError
-from .labels import CYST, HEC_REGIONS, LESION_LABELS, SURFACE_DICE_TOLERANCE_MM, TUMOR, region_mask
+from .labels import CYST, HEC_REGIONS, LESION_LABELS, SURFACE_DICE_TOLERANCE_MM, TUMOR, lesion_classes, region_mask
 from .outputs import atomic_path
 from .volume import LABEL_SUFFIXES, case_name
 
@@ -128,8 +128,8 @@ def lesion_detection(prediction: np.ndarray, reference: np.ndarray, labels: Sequ
         found = np.isin(counted, found_ids)
         n_found = int(found.sum())
         large = {"lesions_reference_1ml": int(counted.size), "lesions_found_1ml": n_found, "lesion_recall_1ml": _ratio(n_found, counted.size)}
-        tumor_voxels, cyst_voxels = (np.bincount(ref_lesions[reference == label], minlength=n_ref + 1)[counted] for label in (TUMOR, CYST))
-        for name, kind in (("tumors", tumor_voxels >= cyst_voxels), ("cysts", tumor_voxels < cyst_voxels)):
+        classes = lesion_classes(ref_lesions, reference, n_ref)[counted]
+        for name, kind in (("tumors", classes == TUMOR), ("cysts", classes == CYST)):
             large.update({f"{name}_reference_1ml": int(kind.sum()), f"{name}_found_1ml": int((kind & found).sum())})
     return {
         "lesions_reference": int(n_ref),

@@ -215,10 +215,8 @@ def postprocess(kits: np.ndarray, spacing) -> np.ndarray:
         small[1:] = np.bincount(lesions.ravel(), minlength=count + 1)[1:] * voxel_ml < MIN_LESION_ML
         view[small[lesions]] = L.KIDNEY
         lesions[small[lesions]] = 0
-        tumor, cyst = (np.bincount(lesions[view == label], minlength=count + 1) for label in (L.TUMOR, L.CYST))
-        mass_class = np.where(tumor >= cyst, L.TUMOR, L.CYST).astype(view.dtype)
         kept = lesions > 0
-        view[kept] = mass_class[lesions[kept]]
+        view[kept] = L.lesion_classes(lesions, view, count)[lesions[kept]]
     return out
 
 

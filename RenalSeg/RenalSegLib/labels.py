@@ -97,6 +97,13 @@ def region_mask(labels: np.ndarray, region: str) -> np.ndarray:
     return np.isin(labels, HEC_REGIONS[region])
 
 
+def lesion_classes(components: np.ndarray, labels: np.ndarray, count: int) -> np.ndarray:
+    """The class of most of each lesion's voxels: for components 1..``count`` of ``components`` (index 0 unused),
+    TUMOR, or CYST where its cyst voxels in ``labels`` outnumber its tumor voxels (a tie is tumor)."""
+    tumor, cyst = (np.bincount(components[labels == label], minlength=count + 1) for label in (TUMOR, CYST))
+    return np.where(tumor >= cyst, TUMOR, CYST).astype(np.uint8)
+
+
 def keep_locked(before: np.ndarray, after: np.ndarray, locked) -> None:
     """Keep the user's locked classes in ``after``, in place: voxels holding a locked label in ``before``
     stay as they were, and no voxel becomes a locked label."""
