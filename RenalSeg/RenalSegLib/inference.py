@@ -231,6 +231,16 @@ def _labelled_box(labels: np.ndarray) -> tuple[slice, ...] | None:
     return tuple(box)
 
 
+def load_segmenter(model_path=None, device: str = "auto", fast: bool = False, flip_tta: bool = False,
+                   progress: Progress | None = None) -> Segmenter:
+    """``Segmenter.load`` that tells ``progress`` it is loading the model and, on a slow first load, what it is
+    doing (a one-time export); without ``progress`` the export is announced in the log instead."""
+    if progress is None:
+        return Segmenter.load(model_path, device, fast, flip_tta)
+    progress(0.0, "loading model")
+    return Segmenter.load(model_path, device, fast, flip_tta, notify=lambda message: progress(0.0, message))
+
+
 def segment(
     ct: sitk.Image,
     *,
@@ -258,8 +268,7 @@ def segment(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if segmenter is None:
-        report(0.0, "loading model")
-        segmenter = Segmenter.load(model_path, device, fast, flip_tta, notify=lambda message: report(0.0, message))
+        segmenter = load_segmenter(model_path, device, fast, flip_tta, progress)
     timings["load"] = time.perf_counter() - t0
     check_cancel()
     report(0.05, "finding kidneys")

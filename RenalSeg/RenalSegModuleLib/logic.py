@@ -50,11 +50,7 @@ class InferenceEngine:
 
         key = (str(model_path), device, fast)
         if self._key != key:
-            notify = None
-            if progress:
-                progress(0.0, "loading model")
-                notify = lambda message: progress(0.0, message)  # noqa: E731  (a first-time export's message)
-            self._segmenter, self._key = inference.Segmenter.load(model_path, device, fast, notify=notify), key
+            self._segmenter, self._key = inference.load_segmenter(model_path, device, fast, progress=progress), key
         return inference.segment(ct, device=device, fast=fast, model_path=model_path, segmenter=self._segmenter,
                                  progress=progress, cancel=cancel)
 
