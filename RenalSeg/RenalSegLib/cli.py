@@ -38,6 +38,9 @@ def _add_segment(sub) -> None:
     p.add_argument("--batch", action="store_true", help="segment every CT file in the folder CT, loading the model once; "
                    "label maps already in the output folder are kept")
     p.add_argument("--stl", metavar="DIR", help="also write one STL mesh per segment into DIR")
+    p.add_argument("--probability", metavar="PATH", help="also write the network's tumor-or-cyst probability map (percent, "
+                   "0-100, the CT's grid; 'renalseg export --probability' adds each lesion's mean to the measurements) "
+                   "(with --batch: a folder, one NAME.nii.gz per input CT)")
     p.add_argument("--fast", action="store_true", help="less window overlap: faster, slightly less accurate")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average the networks over the CT and its "
                    "left-right mirror image (about 2x the network time; ignored with --fast)")
@@ -61,23 +64,28 @@ def _tqdm_progress(description: str):
 
 def _run_segment(args: argparse.Namespace) -> int:
     from .device import resolve_device
-    from .inference import segment
-    from .volume import read_volume, write_labels
+    from .inference import auto_segment
+    from .volume import check_label_path, read_volume, write_labels
 
     output = Path(args.output)
     resolve_device(args.device)  # a missing GPU is reported before any work
     if args.batch:
         return _segment_folder(Path(args.ct), output, args)
+    for path in filter(None, (output, args.probability)):
+        check_label_path(path)  # a wrong extension is reported before the work, not after it
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     ct = read_volume(args.ct)
     progress, close = _tqdm_progress("segmenting")
     try:
         with logging_redirect_tqdm():  # warnings print above the bar, not into it
-            labels = segment(ct, device=args.device, fast=args.fast, flip_tta=args.tta, model_path=args.model, progress=progress)
+            result = auto_segment(ct, device=args.device, fast=args.fast, flip_tta=args.tta, model_path=args.model, progress=progress)
     finally:
         close()
+    labels = result.labels
     print(f"labels: {write_labels(labels, output, ct)}")
+    if args.probability:
+        print(f"lesion probability: {write_labels(result.lesion_probability, args.probability, ct)}")
     if args.stl:
         from .export import export_meshes
         from .labels import body_midline_x, segment_map
@@ -88,11 +96,12 @@ def _run_segment(args: argparse.Namespace) -> int:
 
 
 def _segment_folder(folder: Path, out_dir: Path, args: argparse.Namespace) -> int:
-    """``segment --batch``: every CT file of ``folder`` -> ``out_dir/NAME.nii.gz``, one model load."""
+    """``segment --batch``: every CT file of ``folder`` -> ``out_dir/NAME.nii.gz`` (and with ``--probability``
+    its lesion probability map), one model load."""
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from .inference import Segmenter, segment
+    from .inference import Segmenter, auto_segment
     from .volume import IMAGE_SUFFIXES, case_name, read_volume, write_labels
 
     if args.stl:
@@ -102,13 +111,19 @@ def _segment_folder(folder: Path, out_dir: Path, args: argparse.Namespace) -> in
     cases = {case_name(f): f for f in sorted(folder.iterdir()) if f.is_file() and not f.name.startswith(".") and case_name(f)}
     if not cases:
         raise RenalSegError(f"{folder}: no CT files ({', '.join(IMAGE_SUFFIXES)})")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    probability_dir = Path(args.probability) if args.probability else None
+    outputs = [d for d in (out_dir, probability_dir) if d is not None]
+    for directory in outputs:
+        directory.mkdir(parents=True, exist_ok=True)
     segmenter = Segmenter.load(args.model, args.device, args.fast, args.tta)
-    todo = {name: path for name, path in cases.items() if not (out_dir / f"{name}.nii.gz").exists()}
+    todo = {name: path for name, path in cases.items() if not all((d / f"{name}.nii.gz").exists() for d in outputs)}
     with logging_redirect_tqdm():
         for name, path in tqdm(todo.items(), desc="segmenting", unit="CT"):
             ct = read_volume(path)
-            write_labels(segment(ct, segmenter=segmenter), out_dir / f"{name}.nii.gz", ct)
+            result = auto_segment(ct, segmenter=segmenter)
+            write_labels(result.labels, out_dir / f"{name}.nii.gz", ct)
+            if probability_dir is not None:
+                write_labels(result.lesion_probability, probability_dir / f"{name}.nii.gz", ct)
     print(f"labels: {len(todo)} written, {len(cases) - len(todo)} already there, in {out_dir}")
     return 0
 
@@ -314,7 +329,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     from .device import resolve_device
     from .evaluation import evaluate_case
     from .export import export_all
-    from .inference import segment
+    from .inference import auto_segment
     from .volume import read_labels, read_volume, write_labels
 
     resolve_device(args.device)
@@ -324,16 +339,16 @@ def _run_demo(args: argparse.Namespace) -> int:
     progress, close = _tqdm_progress("segmenting")
     started = time.perf_counter()
     try:
-        labels = segment(ct, device=args.device, progress=progress)
+        result = auto_segment(ct, device=args.device, progress=progress)
     finally:
         close()
     print(f"segmented in {time.perf_counter() - started:.1f} s")
-    out = Path(args.out)
-    written = [write_labels(labels, out / "labels.nii.gz", ct)]
+    labels, out = result.labels, Path(args.out)
+    written = [write_labels(labels, out / "labels.nii.gz", ct), write_labels(result.lesion_probability, out / "lesion_probability.nii.gz", ct)]
     progress, close = _tqdm_progress("exporting")
     try:
         written += export_all(labels, ct, out, formats=("stl", "3mf", "seg.nrrd", "csv", "json", "report"),
-                              title="RenalSeg demo: synthetic sample CT", progress=progress)
+                              title="RenalSeg demo: synthetic sample CT", progress=progress, lesion_probability=result.lesion_probability)
     finally:
         close()
     for path in written:
@@ -474,21 +489,27 @@ def _add_export(sub) -> None:
     parser.add_argument("--smooth", action=argparse.BooleanOptionalAction, default=True, help="smooth the meshes (default: on)")
     parser.add_argument("--decimate", type=float, default=0.0, metavar="F",
                         help="fraction of mesh triangles to remove, 0-0.95 (volume kept within 2%%; default: 0)")
+    parser.add_argument("--probability", type=Path, metavar="MAP",
+                        help="the lesion probability map 'renalseg segment --probability' wrote with these labels: each lesion's "
+                        "mean network probability goes into the measurements and the report")
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from .export import check_inputs, export_all, parse_formats
+    from .export import check_inputs, check_probability_map, export_all, parse_formats
     from .volume import dicom_series_files, read_labels, read_volume
 
     formats = parse_formats(args.format)  # a typo is reported before reading any image
     ct = read_volume(args.ct)
     labels = read_labels(args.labels)
+    probability = read_labels(args.probability) if args.probability else None
     dicom_files = dicom_series_files(args.ct) if args.ct.is_dir() else None
     check_inputs(labels, ct)  # a mismatch is reported before the progress bar appears
+    check_probability_map(probability, labels)
     progress, close = _tqdm_progress("exporting")
     try:
         written = export_all(labels, ct, args.out, formats, coords=args.coords, smooth=args.smooth, decimate=args.decimate,
-                             dicom_files=dicom_files, title=f"labels: {args.labels.name}   CT: {args.ct.name}", progress=progress)
+                             dicom_files=dicom_files, title=f"labels: {args.labels.name}   CT: {args.ct.name}", progress=progress,
+                             lesion_probability=probability)
     finally:
         close()
     for path in written:

@@ -19,7 +19,7 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from .errors import RenalSegError
-from .measure import analyse, check_inputs, measure, write_measurements_csv  # noqa: F401  (public API)
+from .measure import analyse, check_inputs, check_probability_map, measure, write_measurements_csv  # noqa: F401  (public API)
 from .mesh import COORDINATE_SYSTEMS, MESH_FORMATS, export_meshes  # noqa: F401
 from .nephrometry import renal_score  # noqa: F401
 from .outputs import atomic_path
@@ -48,14 +48,16 @@ def parse_formats(text: str | Iterable[str]) -> tuple[str, ...]:
 
 def export_all(kits_labels: sitk.Image, ct: sitk.Image, out_dir: str | os.PathLike, formats: Iterable[str] = DEFAULT_FORMATS,
                coords: str = "RAS", smooth: bool = True, decimate: float = 0.0, dicom_files: list[str] | None = None,
-               title: str = "", progress: Callable[[float, str], None] | None = None) -> list[Path]:
+               title: str = "", progress: Callable[[float, str], None] | None = None,
+               lesion_probability: sitk.Image | None = None) -> list[Path]:
     """Write every requested output for a KiTS label map (0 bg, 1 kidney, 2 tumor, 3 cyst) on ``ct``'s grid.
 
     Everything is checked before anything is written (``RenalSegError`` for a bad request or input),
     and the files are produced in a hidden staging folder and moved into ``out_dir`` only when all of
     them succeeded, so a failure leaves ``out_dir`` as it was. ``dicom_files`` (the CT's DICOM series,
     slice order) are needed for "dicomseg". ``progress(fraction, step)`` is called before each step.
-    Returns the written paths.
+    ``lesion_probability`` (the auto segmentation's map, ``inference.AutoSegmentation``) adds each lesion's
+    network probability to the measurements and the report. Returns the written paths.
     """
     formats = parse_formats(list(formats))
     if coords not in COORDINATE_SYSTEMS:
@@ -68,6 +70,7 @@ def export_all(kits_labels: sitk.Image, ct: sitk.Image, out_dir: str | os.PathLi
         if needed in formats and importlib.util.find_spec(package) is None:
             raise RenalSegError(f"the {needed} output needs the {package} package: pip install {package}")
     check_inputs(kits_labels, ct)
+    check_probability_map(lesion_probability, kits_labels)
     steps = ["analysing the label map", "meshes", "Slicer segmentation", "NIfTI label map", "DICOM SEG", "measurements",
              "RENAL nephrometry score", "report"]
 
@@ -79,7 +82,7 @@ def export_all(kits_labels: sitk.Image, ct: sitk.Image, out_dir: str | os.PathLi
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = out_dir / f".partial-export-{uuid.uuid4().hex[:8]}"
     try:
-        staged = _write_all(kits_labels, ct, staging, formats, coords, smooth, decimate, dicom_files, title, step)
+        staged = _write_all(kits_labels, ct, staging, formats, coords, smooth, decimate, dicom_files, title, step, lesion_probability)
         written = []
         for path in staged:
             final = out_dir / path.relative_to(staging)
@@ -92,7 +95,7 @@ def export_all(kits_labels: sitk.Image, ct: sitk.Image, out_dir: str | os.PathLi
     return written
 
 
-def _write_all(kits_labels, ct, staging: Path, formats, coords, smooth, decimate, dicom_files, title, step) -> list[Path]:
+def _write_all(kits_labels, ct, staging: Path, formats, coords, smooth, decimate, dicom_files, title, step, lesion_probability) -> list[Path]:
     step("analysing the label map")
     anatomy = analyse(kits_labels, ct)
     written: list[Path] = []
@@ -112,7 +115,7 @@ def _write_all(kits_labels, ct, staging: Path, formats, coords, smooth, decimate
     rows = scores = None
     if {"csv", "json", "report"} & set(formats):
         step("measurements")
-        rows = measure(kits_labels, ct, anatomy)
+        rows = measure(kits_labels, ct, anatomy, lesion_probability)
         step("RENAL nephrometry score")
         from .nephrometry import renal_score as score
 

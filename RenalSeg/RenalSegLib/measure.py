@@ -236,14 +236,19 @@ def _hu(anatomy: Anatomy, structure: Structure) -> tuple[float | None, float | N
     return float(values.mean()), float(values.std())
 
 
-def measure(kits_labels: sitk.Image, ct: sitk.Image | None = None, anatomy: Anatomy | None = None) -> list[dict]:
+def measure(kits_labels: sitk.Image, ct: sitk.Image | None = None, anatomy: Anatomy | None = None,
+            lesion_probability: sitk.Image | None = None) -> list[dict]:
     """One row per kidney and per lesion component: sizes in mL and mm, HU, shape, side and pole.
 
     Kidney rows measure the parenchyma (KiTS label 1 on that side); ``volume_with_lesions_ml`` adds
     the lesions attached to it. Lesion rows give the kidney they belong to, the pole (third of that
     kidney along the cranio-caudal axis holding the lesion's centroid) and the lesion-to-kidney
-    volume ratio (lesion / kidney including its lesions). HU statistics need the CT.
+    volume ratio (lesion / kidney including its lesions). HU statistics need the CT. With the
+    auto segmentation's ``lesion_probability`` map (``inference.AutoSegmentation``), each lesion row
+    also gives the network's mean tumor-or-cyst probability over the lesion (0-1): a low value marks a
+    lesion the network was unsure of, often a false one.
     """
+    check_probability_map(lesion_probability, kits_labels)
     anatomy = anatomy or analyse(kits_labels, ct)
     rows = []
     kidney_total = {}
@@ -254,15 +259,35 @@ def measure(kits_labels: sitk.Image, ct: sitk.Image | None = None, anatomy: Anat
         mean, std = _hu(anatomy, kidney)
         rows.append({"structure": kidney.name, "kind": "kidney", "kidney": kidney.name, **metrics,
                      "volume_with_lesions_ml": float(kidney_total[kidney.name]), "hu_mean": mean, "hu_std": std,
-                     "lesion_to_kidney_ratio": None, "pole": None})
+                     "lesion_to_kidney_ratio": None, "pole": None, "lesion_probability": None})
     for lesion in anatomy.lesions:
         metrics = shape_metrics(kits_labels, lesion.box, lesion.mask)
         mean, std = _hu(anatomy, lesion)
         ratio = float(metrics["volume_ml"] / kidney_total[lesion.kidney]) if lesion.kidney in kidney_total else None
         rows.append({"structure": lesion.name, "kind": lesion.kind, "kidney": lesion.kidney, **metrics,
                      "volume_with_lesions_ml": None, "hu_mean": mean, "hu_std": std,
-                     "lesion_to_kidney_ratio": ratio, "pole": _pole(anatomy, lesion, metrics["centroid_lps_mm"][2])})
+                     "lesion_to_kidney_ratio": ratio, "pole": _pole(anatomy, lesion, metrics["centroid_lps_mm"][2]),
+                     "lesion_probability": _mean_probability(lesion_probability, lesion)})
     return rows
+
+
+def check_probability_map(probability: sitk.Image | None, kits_labels: sitk.Image) -> None:
+    """Raise ``RenalSegError`` unless ``probability`` is None or a percent map (0-100) on the label map's grid."""
+    if probability is None:
+        return
+    if not volume.same_geometry(probability, kits_labels, tolerance=1e-3):
+        raise RenalSegError(f"the lesion probability map (size {probability.GetSize()}) is not on the label map's grid "
+                            f"(size {kits_labels.GetSize()}); use the map written with these labels")
+    array = sitk.GetArrayViewFromImage(probability)
+    if array.min() < 0 or array.max() > 100:
+        raise RenalSegError("the lesion probability map must hold percentages (0-100), as 'renalseg segment --probability' writes")
+
+
+def _mean_probability(probability: sitk.Image | None, structure: Structure) -> float | None:
+    """Mean of a percent probability map over a structure, as a fraction; None without a map."""
+    if probability is None:
+        return None
+    return float(sitk.GetArrayViewFromImage(probability)[structure.box][structure.mask].mean()) / 100.0
 
 
 CSV_COLUMNS = (
@@ -270,6 +295,7 @@ CSV_COLUMNS = (
     ("volume_ml", "volume_mL"), ("volume_with_lesions_ml", "volume_with_lesions_mL"), ("max_diameter_mm", "max_diameter_mm"),
     ("axis_lengths_mm", "axis_lengths_mm"), ("sphericity", "sphericity"), ("hu_mean", "HU_mean"), ("hu_std", "HU_std"),
     ("lesion_to_kidney_ratio", "lesion_to_kidney_volume_ratio"), ("centroid_lps_mm", "centroid_LPS_mm"),
+    ("lesion_probability", "network_lesion_probability"),
 )
 
 

@@ -31,6 +31,8 @@ MAX_TABLE_LESIONS = 5  # lesion rows that fit the page's table; smaller lesions 
 REVIEW_NOTE = ("Automatic segmentation and measurements: to be reviewed and confirmed by a clinician before any "
                "clinical use. Not a medical device.")
 FIGURE_SIZE_IN, FIGURE_DPI = (16.0, 12.2), 110
+PROBABILITY_NOTE = ("Network P: the network's mean tumor-or-cyst probability over the lesion; lesions under 0.7 were more "
+                    "often false than true on held-out synthetic CT.")
 COMPONENT_NAMES = {"R": "Radius", "E": "Exophytic", "N": "Nearness to sinus", "A": "Anterior/posterior", "L": "Location (polar lines)"}
 
 
@@ -375,6 +377,10 @@ def table_rows(rows: list[dict], max_lesions: int = MAX_TABLE_LESIONS) -> tuple[
 
 def _measurement_table(axis, rows: list[dict], anatomy: Anatomy) -> None:
     header = ["Structure", "Kidney / pole", "Volume (mL)", "Max diameter (mm)", "Axes (mm)", "HU mean ± SD", "Sphericity", "Lesion / kidney"]
+    widths = [0.12, 0.14, 0.2, 0.11, 0.12, 0.11, 0.08, 0.12]
+    probabilities = _has_probabilities(rows)
+    if probabilities:  # its room comes from the two widest columns
+        header, widths = header + ["Network P"], [0.12, 0.12, 0.14] + widths[3:] + [0.08]
     cells, colours = [], []
     shown, hidden = table_rows(rows)
     for row in shown:
@@ -383,20 +389,21 @@ def _measurement_table(axis, rows: list[dict], anatomy: Anatomy) -> None:
         hu = "-" if row["hu_mean"] is None else f"{row['hu_mean']:.0f} ± {row['hu_std']:.0f}"
         ratio = "-" if row["lesion_to_kidney_ratio"] is None else f"{100 * row['lesion_to_kidney_ratio']:.1f}%"
         cells.append([row["structure"], where, volume_text, _fmt(row["max_diameter_mm"]), " x ".join(f"{v:.0f}" for v in row["axis_lengths_mm"]),
-                      hu, _fmt(row["sphericity"], 2), ratio])
+                      hu, _fmt(row["sphericity"], 2), ratio] + ([_fmt(row["lesion_probability"], 2)] if probabilities else []))
         segment = SEGMENT_BY_NAME.get(row["structure"]) or SEGMENT_BY_NAME[" ".join(row["structure"].split()[:2])]
         colours.append(segment.color)
     if hidden:
         volume = sum(r["volume_ml"] for r in hidden)
         largest = max(r["volume_ml"] for r in hidden)
-        cells.append([f"+ {len(hidden)} smaller lesions", "see report.html", f"{volume:.1f} in total (each <= {largest:.1f})", "", "", "", "", ""])
+        cells.append([f"+ {len(hidden)} smaller lesions", "see report.html", f"{volume:.1f} in total (each <= {largest:.1f})"]
+                     + [""] * (len(header) - 3))
         colours.append((0.9, 0.9, 0.9))
     axis.text(0.0, 1.0, "Measurements (kidney volume = parenchyma; lesions = connected components)", fontsize=12.5, weight="bold", va="top")
     if not cells:
         return
     height = 0.078 * (len(cells) + 1)  # fixed row height: a short table is not stretched over the panel
     table = axis.table(cellText=cells, colLabels=header, cellLoc="left", colLoc="left", bbox=[0.0, 0.87 - height, 1.0, height],
-                       colWidths=[0.12, 0.14, 0.2, 0.11, 0.12, 0.11, 0.08, 0.12])
+                       colWidths=widths)
     table.auto_set_font_size(False)
     table.set_fontsize(9.5)
     for (r, c), cell in table.get_celld().items():
@@ -409,6 +416,12 @@ def _measurement_table(axis, rows: list[dict], anatomy: Anatomy) -> None:
     ignored = anatomy.ignored_lesion_voxels
     if ignored:
         axis.text(0.0, 0.02, f"{ignored} lesion voxels in fragments under 0.02 mL were not counted as lesions.", fontsize=8.5, color="#444444")
+    if probabilities:
+        axis.text(0.0, 0.06, PROBABILITY_NOTE, fontsize=8.5, color="#444444")
+
+
+def _has_probabilities(rows: list[dict]) -> bool:
+    return any(r.get("lesion_probability") is not None for r in rows)
 
 
 # --- HTML --------------------------------------------------------------------------------------------
@@ -416,12 +429,14 @@ def _measurement_table(axis, rows: list[dict], anatomy: Anatomy) -> None:
 def _html(png: Path, rows: list[dict], scores: list[dict], title: str, renderer_used: str) -> str:
     image = base64.b64encode(Path(png).read_bytes()).decode("ascii")
     e = html.escape
+    probabilities = _has_probabilities(rows)
     measurement_rows = "".join(
         "<tr>" + "".join(f"<td>{e(str(v))}</td>" for v in (
             r["structure"], r["kidney"] or "-", r["pole"] or "-", _fmt(r["volume_ml"], 2), _fmt(r["volume_with_lesions_ml"], 2),
             _fmt(r["max_diameter_mm"]), " x ".join(f"{v:.1f}" for v in r["axis_lengths_mm"]),
             "-" if r["hu_mean"] is None else f"{r['hu_mean']:.0f} ± {r['hu_std']:.0f}", _fmt(r["sphericity"], 2),
-            "-" if r["lesion_to_kidney_ratio"] is None else f"{100 * r['lesion_to_kidney_ratio']:.1f}%")) + "</tr>" for r in rows
+            "-" if r["lesion_to_kidney_ratio"] is None else f"{100 * r['lesion_to_kidney_ratio']:.1f}%")
+            + ((_fmt(r["lesion_probability"], 2),) if probabilities else ())) + "</tr>" for r in rows
     )
     score_blocks = []
     for s in scores:
@@ -447,7 +462,8 @@ text-align:left}} th{{background:#eee}} img{{width:100%}}</style></head><body>
 <h2>RENAL nephrometry score (Kutikov &amp; Uzzo 2009)</h2>{''.join(score_blocks) or '<p>No renal tumor in the segmentation.</p>'}
 <h2>Measurements</h2>
 <table><tr><th>Structure</th><th>Kidney</th><th>Pole</th><th>Volume (mL)</th><th>Volume with lesions (mL)</th><th>Max 3D diameter (mm)</th>
-<th>Principal axes (mm)</th><th>HU mean ± SD</th><th>Sphericity</th><th>Lesion / kidney volume</th></tr>{measurement_rows}</table>
+<th>Principal axes (mm)</th><th>HU mean ± SD</th><th>Sphericity</th><th>Lesion / kidney volume</th>{'<th>Network P</th>' if probabilities else ''}</tr>
+{measurement_rows}</table>{f'<p>{e(PROBABILITY_NOTE)}</p>' if probabilities else ''}
 <h2>How to read this report</h2><ul>
 <li>Slices use the radiological convention: the patient's right is on the image left; axial slices show anterior at the top.
 Window W{WINDOW_HU:.0f}/L{LEVEL_HU:.0f} HU. Colours: {', '.join(e(s.name) for s in SEGMENTS)} as in the 3D view.</li>

@@ -199,14 +199,20 @@ def labels_like(labels: sitk.Image | np.ndarray, reference: sitk.Image) -> sitk.
     return image
 
 
+def check_label_path(path: str | os.PathLike) -> Path:
+    """``path`` as a Path; ``RenalSegError`` unless its extension is a label map format (``LABEL_SUFFIXES``)."""
+    path = Path(path)
+    if _suffix(path) not in LABEL_SUFFIXES:
+        raise RenalSegError(f"{path}: unsupported label map format (use one of {', '.join(LABEL_SUFFIXES)})")
+    return path
+
+
 def write_labels(labels: sitk.Image | np.ndarray, path: str | os.PathLike, reference: sitk.Image) -> Path:
     """Write a label map with exactly ``reference``'s geometry (size, spacing, origin, direction).
 
     The file appears only when complete; the format follows the extension (.nii.gz, .nrrd, .mha).
     """
-    path = Path(path)
-    if _suffix(path) not in LABEL_SUFFIXES:
-        raise RenalSegError(f"{path}: unsupported label map format (use one of {', '.join(LABEL_SUFFIXES)})")
+    path = check_label_path(path)
     image = labels_like(labels, reference)
     with atomic_path(path) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=True)

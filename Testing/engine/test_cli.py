@@ -76,13 +76,23 @@ def test_segment_writes_labels_with_the_ct_geometry(tmp_path: Path, untrained_mo
     monkeypatch.setattr(Segmenter, "load", classmethod(lambda cls, *a, **kw: loaded.append(load(cls, *a, **kw)) or loaded[-1]))
     p = phantoms.kidney_phantom(size=(40, 36, 24), spacing=(5.0, 5.5, 7.0), direction=phantoms.oblique_direction(15.0), scale=0.8)
     sitk.WriteImage(p.ct, str(tmp_path / "ct.nrrd"))
-    args = ["segment", str(tmp_path / "ct.nrrd"), "-o", str(tmp_path / "labels.nii.gz"), "--model", str(untrained_model), "--device", "cpu"]
+    args = ["segment", str(tmp_path / "ct.nrrd"), "-o", str(tmp_path / "labels.nii.gz"), "--model", str(untrained_model), "--device", "cpu",
+            "--probability", str(tmp_path / "probability.nrrd")]
     assert cli.main(args + ["--tta"] * tta) == 0
     assert [segmenter.flip_tta for segmenter in loaded] == [tta]
-    labels = sitk.ReadImage(str(tmp_path / "labels.nii.gz"))
-    assert labels.GetSize() == p.ct.GetSize()
-    np.testing.assert_allclose(labels.GetDirection(), p.ct.GetDirection(), atol=1e-6)
-    np.testing.assert_allclose(labels.GetOrigin(), p.ct.GetOrigin(), atol=1e-4)
+    for name in ("labels.nii.gz", "probability.nrrd"):
+        written = sitk.ReadImage(str(tmp_path / name))
+        assert written.GetSize() == p.ct.GetSize()
+        np.testing.assert_allclose(written.GetDirection(), p.ct.GetDirection(), atol=1e-6)
+        np.testing.assert_allclose(written.GetOrigin(), p.ct.GetOrigin(), atol=1e-4)
+    assert sitk.GetArrayViewFromImage(written).max() <= 100  # percent
+
+
+def test_segment_refuses_an_unknown_output_format_before_any_work(tmp_path: Path, capsys) -> None:
+    code = cli.main(["segment", str(tmp_path / "not_read.nii.gz"), "-o", str(tmp_path / "labels.nii.gz"), "--probability", str(tmp_path / "p.png")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == cli.EXIT_USER_ERROR
+    assert len(err) == 1 and "p.png: unsupported label map format" in err[0]
 
 
 def test_segment_batch_writes_one_label_map_per_ct_and_keeps_existing(tmp_path: Path, untrained_model: Path, capsys) -> None:
@@ -99,6 +109,10 @@ def test_segment_batch_writes_one_label_map_per_ct_and_keeps_existing(tmp_path: 
     assert "2 written, 0 already there" in capsys.readouterr().out
     assert cli.main(args) == 0
     assert "0 written, 2 already there" in capsys.readouterr().out
+    assert cli.main(args + ["--probability", str(tmp_path / "probability")]) == 0  # maps missing: segmented again
+    assert "2 written, 0 already there" in capsys.readouterr().out
+    for name, size in shapes.items():
+        assert sitk.ReadImage(str(tmp_path / "probability" / f"{name}.nii.gz")).GetSize() == size
 
 
 def test_interactive_evaluation_reports_both_encodings_and_click_latency(tmp_path: Path, untrained_model: Path, capsys) -> None:

@@ -135,6 +135,30 @@ def test_cli_exports_and_reports_user_errors_in_one_line(tmp_path, capsys) -> No
     assert not (tmp_path / "bad").exists()
 
 
+def test_cli_export_adds_the_lesion_probability_to_measurements_and_report(tmp_path, capsys) -> None:
+    phantom = phantoms.kidney_phantom(size=(64, 48, 24), spacing=(5.0, 5.0, 5.0))
+    labels, ct, probability = tmp_path / "labels.nii.gz", tmp_path / "ct.nii.gz", tmp_path / "probability.nii.gz"
+    volume.write_labels(phantom.labels, labels, phantom.ct)
+    volume.write_volume(phantom.ct, ct)
+    values = sitk.GetArrayViewFromImage(phantom.labels)
+    volume.write_labels(np.select([values == 2, values == 3], [80, 35], 0).astype(np.uint8), probability, phantom.ct)
+    out = tmp_path / "out"
+    assert main(["export", str(labels), "--ct", str(ct), "--out", str(out), "--format", "csv,report", "--probability", str(probability)]) == 0
+    header, *lines = (out / "measurements.csv").read_text().splitlines()
+    column = header.split(",").index("network_lesion_probability")
+    assert {line.split(",")[0]: line.split(",")[column] for line in lines} == {
+        "Right kidney": "", "Left kidney": "", "Renal tumor 1": "0.8", "Renal cyst 1": "0.35"}
+    page = (out / "report.html").read_text()
+    assert "<th>Network P</th>" in page and "<td>0.80</td>" in page
+    capsys.readouterr()
+    other = phantoms.kidney_phantom(size=(64, 48, 20), spacing=(5.0, 5.0, 6.0))
+    volume.write_labels(other.labels, tmp_path / "other.nii.gz", other.ct)
+    assert main(["export", str(labels), "--ct", str(ct), "--out", str(tmp_path / "bad"), "--probability", str(tmp_path / "other.nii.gz")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "not on the label map's grid" in error[0]
+    assert not (tmp_path / "bad").exists()
+
+
 @pytest.mark.shared_data
 def test_real_kits_label_map_measures_and_scores(kits_labels_dir) -> None:
     import json as json_module

@@ -93,3 +93,32 @@ def test_empty_or_non_kits_label_maps_are_refused() -> None:
         measure.measure(p.labels * 0, p.ct)
     with pytest.raises(RenalSegError, match=r"values \[7\]"):
         measure.measure(sitk.Cast(p.labels + sitk.Cast(p.labels == 1, sitk.sitkUInt8) * 6, sitk.sitkUInt8), p.ct)
+
+
+def test_lesion_rows_give_the_mean_network_probability_over_the_lesion() -> None:
+    p = phantoms.kidney_phantom(size=(64, 48, 40), spacing=(2.5, 2.5, 2.5))
+    values = sitk.GetArrayViewFromImage(p.labels)
+    percent = np.where(values == 1, 40, 0).astype(np.uint8)  # kidney tissue: not averaged into any lesion
+    tumor = np.argwhere(values == 2)
+    first_half = tuple(tumor[: len(tumor) // 2].T)
+    percent[tuple(tumor.T)] = 90
+    percent[first_half] = 60
+    cyst = values == 3
+    percent[cyst] = 25
+    probability = sitk.GetImageFromArray(percent)
+    probability.CopyInformation(p.labels)
+    rows = {r["structure"]: r for r in measure.measure(p.labels, p.ct, lesion_probability=probability)}
+    expected_tumor = (60 * (len(tumor) // 2) + 90 * (len(tumor) - len(tumor) // 2)) / len(tumor) / 100
+    assert rows["Renal tumor 1"]["lesion_probability"] == pytest.approx(expected_tumor)
+    assert rows["Renal cyst 1"]["lesion_probability"] == pytest.approx(0.25)
+    assert rows["Right kidney"]["lesion_probability"] is None
+    assert all(r["lesion_probability"] is None for r in measure.measure(p.labels, p.ct))  # no map, no figure
+
+
+def test_a_probability_map_off_the_grid_or_not_in_percent_is_refused() -> None:
+    p = phantoms.kidney_phantom(size=(64, 48, 40), spacing=(2.5, 2.5, 2.5))
+    other = phantoms.kidney_phantom(size=(64, 48, 40), spacing=(2.5, 2.5, 3.0))
+    with pytest.raises(RenalSegError, match="not on the label map's grid"):
+        measure.measure(p.labels, p.ct, lesion_probability=sitk.Cast(other.labels, sitk.sitkUInt8))
+    with pytest.raises(RenalSegError, match="percentages"):
+        measure.measure(p.labels, p.ct, lesion_probability=sitk.Cast(p.labels, sitk.sitkUInt8) * 60)

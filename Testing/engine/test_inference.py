@@ -79,6 +79,28 @@ def test_cascade_writes_each_kidney_region_back_in_place() -> None:
     np.testing.assert_array_equal(sitk.GetArrayViewFromImage(out), sitk.GetArrayViewFromImage(p.labels))
 
 
+def test_lesion_probability_map_is_the_tumor_plus_cyst_probability_in_percent_on_the_ct_grid() -> None:
+    class Unsure(_OracleSegmenter):
+        """Tumor 0.5 + cyst 0.2 on the phantom's lesions, kidney 1 elsewhere in the region."""
+
+        def segment_region(self, ct, start, stop):
+            probabilities = super().segment_region(ct, start, stop)
+            lesion = probabilities[L.TUMOR] + probabilities[L.CYST] > 0
+            probabilities[:, lesion] = np.array([0.0, 0.3, 0.5, 0.2], np.float32)[:, None]
+            return probabilities
+
+    p = phantoms.kidney_phantom(direction=phantoms.oblique_direction(15.0))
+    result = I.auto_segment(p.ct, segmenter=Unsure(p))
+    probability = result.lesion_probability
+    assert probability.GetPixelID() == sitk.sitkUInt8 and probability.GetSize() == p.ct.GetSize()
+    assert probability.GetOrigin() == p.ct.GetOrigin() and probability.GetDirection() == p.ct.GetDirection()
+    reference, percent = sitk.GetArrayViewFromImage(p.labels), sitk.GetArrayViewFromImage(probability)
+    lesion = np.isin(reference, L.LESION_LABELS)
+    assert lesion.any() and (percent[lesion] == 70).all()
+    assert not percent[~lesion].any()  # kidney in the regions, nothing outside them
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(result.labels), np.where(lesion, L.TUMOR, reference))  # tumor the likelier
+
+
 def test_a_region_seen_as_all_mass_is_no_kidney_and_is_reported(caplog) -> None:
     """What the network did on a real liver: the coarse stage finds a region, the fine stage calls it tumor."""
 
