@@ -32,14 +32,15 @@ SMOOTHING_FACTOR = 0.5  # Slicer's default closed-surface smoothing
 
 
 class SegmentationEngine(Protocol):
-    """What the logic needs from the engine (``RenalSegLib.inference.segment`` has this signature)."""
+    """What the logic needs from the engine (``RenalSegLib.inference.auto_segment`` has this signature): a KiTS
+    label map, or an ``AutoSegmentation`` (the label map and the network's lesion probability map)."""
 
     def __call__(self, ct: sitk.Image, *, device: str, fast: bool, model_path, progress: Progress | None,
-                 cancel: threading.Event | None) -> sitk.Image: ...
+                 cancel: threading.Event | None) -> object: ...
 
 
 class InferenceEngine:
-    """The real engine: ``RenalSegLib.inference.segment`` with the loaded model kept between runs."""
+    """The real engine: ``RenalSegLib.inference.auto_segment`` with the loaded model kept between runs."""
 
     def __init__(self):
         self._segmenter = None
@@ -51,8 +52,8 @@ class InferenceEngine:
         key = (str(model_path), device, fast)
         if self._key != key:
             self._segmenter, self._key = inference.load_segmenter(model_path, device, fast, progress=progress), key
-        return inference.segment(ct, device=device, fast=fast, model_path=model_path, segmenter=self._segmenter,
-                                 progress=progress, cancel=cancel)
+        return inference.auto_segment(ct, device=device, fast=fast, model_path=model_path, segmenter=self._segmenter,
+                                      progress=progress, cancel=cancel)
 
 
 @dataclass
@@ -92,18 +93,21 @@ class RenalSegLogic:
     # -- worker-thread part: no MRML access ----------------------------------------------------------
 
     def compute_labels(self, ct: sitk.Image, settings: SegmentationSettings | None = None, progress: Progress | None = None,
-                       cancel: threading.Event | None = None) -> sitk.Image:
-        """Run the engine on a CT image; returns the KiTS label map in the CT's geometry. Thread-safe."""
+                       cancel: threading.Event | None = None) -> tuple[sitk.Image, sitk.Image | None]:
+        """Run the engine on a CT image; returns the KiTS label map in the CT's geometry and the network's lesion
+        probability map (None from an engine that gives labels only). Thread-safe."""
         settings = settings or SegmentationSettings()
-        kits = self.engine(ct, device=settings.device, fast=settings.fast, model_path=settings.model_path,
-                           progress=progress, cancel=cancel)
+        result = self.engine(ct, device=settings.device, fast=settings.fast, model_path=settings.model_path,
+                             progress=progress, cancel=cancel)
+        kits, probability = (result.labels, result.lesion_probability) if hasattr(result, "labels") else (result, None)
         if kits.GetSize() != ct.GetSize():
             raise RuntimeError(f"engine returned labels of size {kits.GetSize()} for a CT of size {ct.GetSize()}")
-        return kits
+        return kits, probability
 
     @staticmethod
-    def prepare_labels(ct: sitk.Image, kits: sitk.Image) -> PreparedLabels:
-        """Split the kidneys by patient side and measure every structure. Thread-safe (no MRML).
+    def prepare_labels(ct: sitk.Image, kits: sitk.Image, lesion_probability: sitk.Image | None = None) -> PreparedLabels:
+        """Split the kidneys by patient side and measure every structure (with ``lesion_probability``, each
+        lesion's mean network probability too). Thread-safe (no MRML).
 
         Both come from one ``RenalSegLib.measure.analyse`` pass (it splits the kidneys on the labels'
         bounding box only), so the Slicer segments and the table always agree.
@@ -113,7 +117,7 @@ class RenalSegLogic:
         if not sitk.GetArrayViewFromImage(kits).any():
             return PreparedLabels(kits, np.zeros(tuple(reversed(kits.GetSize())), np.uint8), [])
         anatomy = analyse(kits, ct)
-        return PreparedLabels(kits, sitk.GetArrayFromImage(anatomy.segments), measure(kits, ct, anatomy))
+        return PreparedLabels(kits, sitk.GetArrayFromImage(anatomy.segments), measure(kits, ct, anatomy, lesion_probability))
 
     # -- main-thread part: MRML ------------------------------------------------------------------------
 
@@ -163,8 +167,9 @@ class RenalSegLogic:
     def process(self, volume_node, segmentation_node=None, settings: SegmentationSettings | None = None,
                 progress: Progress | None = None, cancel: threading.Event | None = None, table_node=None) -> SegmentationResult:
         """Headless auto segmentation in the calling thread: volume node -> engine -> segments + table."""
-        kits = self.compute_labels(io.volume_to_image(volume_node), settings, progress, cancel)
-        return self.apply_labels(volume_node, kits, segmentation_node, table_node)
+        ct = io.volume_to_image(volume_node)
+        prepared = self.prepare_labels(ct, *self.compute_labels(ct, settings, progress, cancel))
+        return self.apply_labels(volume_node, prepared, segmentation_node, table_node)
 
     def start_process(self, volume_node, settings: SegmentationSettings | None = None) -> BackgroundTask:
         """Start the engine on a worker thread (the CT is copied here, on the main thread).
@@ -174,9 +179,9 @@ class RenalSegLogic:
         ct = io.volume_to_image(volume_node)
 
         def work(progress, cancel):
-            kits = self.compute_labels(ct, settings, progress, cancel)
+            kits, probability = self.compute_labels(ct, settings, progress, cancel)
             progress(1.0, "measuring")
-            return self.prepare_labels(ct, kits)
+            return self.prepare_labels(ct, kits, probability)
 
         return BackgroundTask(work).start()
 

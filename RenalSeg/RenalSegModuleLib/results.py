@@ -6,33 +6,33 @@ from collections.abc import Sequence
 
 import numpy as np
 
-# (table column, unit, key in a RenalSegLib.measure row)
-COLUMNS = (("Structure", "", "structure"), ("Volume", "mL", "volume_ml"), ("Max diameter", "mm", "max_diameter_mm"),
-           ("Mean", "HU", "hu_mean"), ("Kidney", "", "kidney"), ("Pole", "", "pole"))
+# (table column, unit, key in a RenalSegLib.measure row, decimals of a number column or None for text)
+COLUMNS = (("Structure", "", "structure", None), ("Volume", "mL", "volume_ml", 1), ("Max diameter", "mm", "max_diameter_mm", 1),
+           ("Mean", "HU", "hu_mean", 1), ("Kidney", "", "kidney", None), ("Pole", "", "pole", None),
+           ("Network P", "", "lesion_probability", 2))
 
 
 def fill_table(table_node, rows: Sequence[dict]) -> None:
-    """Replace the content of a vtkMRMLTableNode with the measurement rows (numbers rounded to 0.1)."""
+    """Replace the content of a vtkMRMLTableNode with the measurement rows (numbers rounded as ``COLUMNS`` says)."""
     import vtk
 
     table = vtk.vtkTable()
     columns = []
-    for title, unit, key in COLUMNS:
-        numeric = unit != ""
-        column = vtk.vtkDoubleArray() if numeric else vtk.vtkStringArray()
+    for title, _, key, decimals in COLUMNS:
+        column = vtk.vtkStringArray() if decimals is None else vtk.vtkDoubleArray()
         column.SetName(title)
         table.AddColumn(column)
-        columns.append((column, key, numeric))
+        columns.append((column, key, decimals))
     for row in rows:
-        for column, key, numeric in columns:
+        for column, key, decimals in columns:
             value = row.get(key)
-            if numeric:
-                column.InsertNextValue(np.nan if value is None else round(float(value), 1))
-            else:
+            if decimals is None:
                 column.InsertNextValue("" if value is None else str(value))
+            else:
+                column.InsertNextValue(np.nan if value is None else round(float(value), decimals))
     was_modifying = table_node.StartModify()
     table_node.SetAndObserveTable(table)
-    for title, unit, _ in COLUMNS:
+    for title, unit, _, _ in COLUMNS:
         if unit:
             table_node.SetColumnUnitLabel(title, unit)
     table_node.SetUseColumnTitleAsColumnHeader(True)

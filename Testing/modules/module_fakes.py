@@ -6,10 +6,12 @@ import numpy as np
 from RenalSegInteractiveLib.selftest import BallSession
 
 class FakeEngine:
-    """Stand-in for ``RenalSegLib.inference.segment``: returns fixed labels, reports progress, honours cancel."""
+    """Stand-in for ``RenalSegLib.inference.auto_segment``: returns fixed labels (with ``lesion_probability``, an
+    ``AutoSegmentation`` of both), reports progress, honours cancel."""
 
-    def __init__(self, kits_labels):
+    def __init__(self, kits_labels, lesion_probability=None):
         self.kits_labels = kits_labels
+        self.lesion_probability = lesion_probability
         self.calls = []
 
     def __call__(self, ct, *, device="auto", fast=False, model_path=None, progress=None, cancel=None):
@@ -24,7 +26,13 @@ class FakeEngine:
                 progress(step / 3, f"step {step + 1}")
         out = sitk.Image(self.kits_labels)
         out.CopyInformation(ct)
-        return out
+        if self.lesion_probability is None:
+            return out
+        from RenalSegLib.inference import AutoSegmentation
+
+        probability = sitk.Image(self.lesion_probability)
+        probability.CopyInformation(ct)
+        return AutoSegmentation(out, probability)
 
 
 def ras_bounds(mask: np.ndarray, ijk_to_ras: np.ndarray) -> np.ndarray:

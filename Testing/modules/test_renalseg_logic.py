@@ -163,7 +163,8 @@ def test_background_task_reports_progress_and_cancels(small_phantom):
     task = BackgroundTask(lambda progress, cancel: logic.compute_labels(small_phantom.ct, progress=progress, cancel=cancel)).start()
     results = []
     assert task.wait(timeout=30, on_progress=lambda f, m: seen.append(m), on_done=results.append)
-    assert seen == ["step 1", "step 2", "step 3"] and volume.same_geometry(results[0], small_phantom.ct)
+    kits, probability = results[0]
+    assert seen == ["step 1", "step 2", "step 3"] and volume.same_geometry(kits, small_phantom.ct) and probability is None
 
     from RenalSegLib.inference import Cancelled
 
@@ -215,6 +216,18 @@ def test_real_engine_end_to_end_on_the_bundled_sample(scene):
     kidneys = int(np.isin(read_back, [1, 2]).sum())
     truth = int((reference == labels.KIDNEY).sum())
     assert kidneys > 0.5 * truth, "the trained model should find most of the sample's kidneys"
+
+
+def test_results_table_gives_each_lesion_the_network_probability(scene, small_phantom):
+    values = sitk.GetArrayViewFromImage(small_phantom.labels)
+    probability = sitk.GetImageFromArray(np.select([values == labels.TUMOR, values == labels.CYST], [86, 41], 0).astype(np.uint8))
+    volume_node = io.add_volume_node(scene, small_phantom.ct)
+    result = RenalSegLogic(scene, FakeEngine(small_phantom.labels, probability)).process(volume_node)
+    table = result.table_node.GetTable()
+    structures, network = (table.GetColumnByName(name) for name in ("Structure", "Network P"))
+    by_structure = {structures.GetValue(row): network.GetValue(row) for row in range(table.GetNumberOfRows())}
+    assert (by_structure["Renal tumor 1"], by_structure["Renal cyst 1"]) == (0.86, 0.41)
+    assert np.isnan(by_structure["Right kidney"]) and np.isnan(by_structure["Left kidney"])
 
 
 def test_gui_path_prepares_on_the_worker_and_writes_on_the_main_thread(scene, oblique_phantom):
