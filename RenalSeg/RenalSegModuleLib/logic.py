@@ -72,6 +72,7 @@ class PreparedLabels:
     kits: sitk.Image
     segment_map: np.ndarray  # (k, j, i) values of labels.SEGMENTS: kidneys split by patient side
     measurements: list[dict]  # RenalSegLib.measure rows
+    lesion_probability: np.ndarray | None = None  # (k, j, i) percent, the network's tumor-or-cyst probability
 
 
 @dataclass
@@ -80,6 +81,7 @@ class SegmentationResult:
     segment_ids: dict[str, str]
     table_node: object | None
     measurements: list[dict] = field(default_factory=list)  # RenalSegLib.measure rows
+    probability_node: object | None = None  # the lesion probability volume, when the engine gave one
 
 
 class RenalSegLogic:
@@ -114,15 +116,17 @@ class RenalSegLogic:
         """
         from RenalSegLib.measure import analyse, measure
 
+        percent = None if lesion_probability is None else sitk.GetArrayFromImage(lesion_probability)
         if not sitk.GetArrayViewFromImage(kits).any():
-            return PreparedLabels(kits, np.zeros(tuple(reversed(kits.GetSize())), np.uint8), [])
+            return PreparedLabels(kits, np.zeros(tuple(reversed(kits.GetSize())), np.uint8), [], percent)
         anatomy = analyse(kits, ct)
-        return PreparedLabels(kits, sitk.GetArrayFromImage(anatomy.segments), measure(kits, ct, anatomy, lesion_probability))
+        return PreparedLabels(kits, sitk.GetArrayFromImage(anatomy.segments), measure(kits, ct, anatomy, lesion_probability), percent)
 
     # -- main-thread part: MRML ------------------------------------------------------------------------
 
     def apply_labels(self, volume_node, kits: sitk.Image | PreparedLabels, segmentation_node=None, table_node=None) -> SegmentationResult:
-        """Write a KiTS label map as the named segments and fill the results table (main thread).
+        """Write a KiTS label map as the named segments and fill the results table (main thread); with the
+        engine's lesion probability map, also show it as a volume (``segmentation_io.write_probability_volume``).
 
         A new segmentation node is created when none is given; in an existing one only RenalSeg's
         segments are replaced. If writing fails, a node created here is removed again. Pass the
@@ -145,11 +149,14 @@ class RenalSegLogic:
                 created.append(table_node)
                 io.place_beside(table_node, volume_node)
             fill_table(table_node, measurements)
+            probability_node = None
+            if prepared.lesion_probability is not None:  # last: on failure it removes a node it created itself
+                probability_node = io.write_probability_volume(segmentation_node, volume_node, prepared.lesion_probability)
         except Exception:
             for node in created:
-                self.scene.RemoveNode(node)
+                io.remove_node(node)
             raise
-        return SegmentationResult(segmentation_node, segment_ids, table_node, measurements)
+        return SegmentationResult(segmentation_node, segment_ids, table_node, measurements, probability_node)
 
     def segments_to_replace(self, segmentation_node) -> list[str]:
         """Names of RenalSeg's segments that hold voxels in ``segmentation_node`` (a re-run replaces them)."""

@@ -88,6 +88,52 @@ def place_beside(node, volume_node) -> None:
     hierarchy.SetItemParent(item, hierarchy.GetItemParent(volume_item))
 
 
+def remove_node(node) -> None:
+    """Remove a node and its display nodes from its scene (``vtkMRMLScene.RemoveNode`` leaves display nodes behind)."""
+    scene = node.GetScene()
+    displays = [node.GetNthDisplayNode(n) for n in range(node.GetNumberOfDisplayNodes())] if hasattr(node, "GetNumberOfDisplayNodes") else []
+    for display in displays:
+        if display is not None:
+            scene.RemoveNode(display)
+    scene.RemoveNode(node)
+
+
+PROBABILITY_ROLE = "renalsegLesionProbability"  # node reference from a segmentation to its lesion probability volume
+PROBABILITY_COLORS = ("vtkMRMLColorTableNodeFileViridis.txt", "vtkMRMLColorTableNodeRainbow")  # the first in the scene
+
+
+def write_probability_volume(segmentation_node, volume_node, percent: np.ndarray):
+    """Show the auto segmentation's lesion probability map (percent, (k, j, i) on the volume's grid) as a scalar
+    volume beside the CT, referenced by the segmentation so that a re-run refills the same node; returns it.
+
+    The display maps 0-100 % onto a colour table, ready to be picked as the foreground of the slice views.
+    If writing fails, a node created here is removed again.
+    """
+    scene = segmentation_node.GetScene()
+    node = segmentation_node.GetNodeReference(PROBABILITY_ROLE)
+    created = node is None
+    if created:
+        node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"{segmentation_node.GetName()} lesion probability")
+    try:
+        node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ijk_to_ras(volume_node)))
+        slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(percent, dtype=np.uint8))
+        node.CreateDefaultDisplayNodes()
+        display = node.GetDisplayNode()
+        display.SetAutoWindowLevel(False)
+        display.SetWindowLevelMinMax(0.0, 100.0)
+        colors = next((c for c in PROBABILITY_COLORS if scene.GetNodeByID(c) is not None), None)
+        if colors is not None:
+            display.SetAndObserveColorNodeID(colors)
+    except Exception:
+        if created:
+            remove_node(node)
+        raise
+    if created:
+        segmentation_node.SetNodeReferenceID(PROBABILITY_ROLE, node.GetID())
+        place_beside(node, volume_node)
+    return node
+
+
 def ensure_segments(segmentation_node, styles: Mapping[str, SegmentStyle]) -> dict[str, str]:
     """IDs of the named segments, creating missing ones with their colour and terminology.
 

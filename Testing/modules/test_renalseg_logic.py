@@ -135,6 +135,21 @@ def test_engine_failure_leaves_the_scene_as_it_was(scene, small_phantom):
     assert scene.GetNumberOfNodes() == before
 
 
+def test_a_failure_writing_the_probability_volume_leaves_the_scene_as_it_was(scene, small_phantom, monkeypatch):
+    volume_node = io.add_volume_node(scene, small_phantom.ct)
+    scene.GetSubjectHierarchyNode()  # the scene's singleton, made on first use
+    before = scene.GetNumberOfNodes()
+    probability = sitk.Cast(small_phantom.labels == labels.TUMOR, sitk.sitkUInt8) * 90
+
+    def no_memory(node, array):
+        raise MemoryError("no room for the probability volume")
+
+    monkeypatch.setattr(io.slicer.util, "updateVolumeFromArray", no_memory)
+    with pytest.raises(MemoryError):
+        RenalSegLogic(scene, FakeEngine(small_phantom.labels, probability)).process(volume_node)
+    assert scene.GetNumberOfNodes() == before
+
+
 @pytest.mark.parametrize("coordinates, smoothing", [("RAS", False), ("LPS", False), ("LPS", True)])
 def test_stl_export_bounds_match_the_segment(scene, oblique_phantom, tmp_path, coordinates, smoothing):
     vtk = pytest.importorskip("vtk")
@@ -228,6 +243,25 @@ def test_results_table_gives_each_lesion_the_network_probability(scene, small_ph
     by_structure = {structures.GetValue(row): network.GetValue(row) for row in range(table.GetNumberOfRows())}
     assert (by_structure["Renal tumor 1"], by_structure["Renal cyst 1"]) == (0.86, 0.41)
     assert np.isnan(by_structure["Right kidney"]) and np.isnan(by_structure["Left kidney"])
+
+
+def test_lesion_probability_is_a_volume_beside_the_ct_refilled_by_a_rerun(scene, oblique_phantom):
+    values = sitk.GetArrayViewFromImage(oblique_phantom.labels)
+    percent = np.where(values == labels.TUMOR, 88, 0).astype(np.uint8)
+    volume_node = io.add_volume_node(scene, oblique_phantom.ct)
+    logic = RenalSegLogic(scene, FakeEngine(oblique_phantom.labels, sitk.GetImageFromArray(percent)))
+    first = logic.process(volume_node)
+    node = first.probability_node
+    assert first.segmentation_node.GetNodeReference(io.PROBABILITY_ROLE) is node
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), percent)  # voxel for voxel on the CT's grid
+    np.testing.assert_allclose(io.ijk_to_ras(node), io.ijk_to_ras(volume_node), atol=1e-9)
+    assert (node.GetDisplayNode().GetWindowLevelMin(), node.GetDisplayNode().GetWindowLevelMax()) == (0.0, 100.0)
+    logic.engine = FakeEngine(oblique_phantom.labels, sitk.GetImageFromArray(percent // 2))
+    nodes = scene.GetNumberOfNodes()
+    second = logic.process(volume_node, first.segmentation_node, table_node=first.table_node)
+    assert second.probability_node is node and scene.GetNumberOfNodes() == nodes  # the same node, refilled
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), percent // 2)
+    assert RenalSegLogic(scene, FakeEngine(oblique_phantom.labels)).process(volume_node).probability_node is None
 
 
 def test_gui_path_prepares_on_the_worker_and_writes_on_the_main_thread(scene, oblique_phantom):
