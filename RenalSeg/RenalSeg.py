@@ -106,6 +106,7 @@ class RenalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentButton.connect("clicked(bool)", self.onSegment)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.exportButton.connect("clicked(bool)", self.onExport)
+        self.ui.updateMeasurementsButton.connect("clicked(bool)", self.onUpdateMeasurements)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.initializeParameterNode()
@@ -206,10 +207,19 @@ class RenalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _setRunning(self, running):
         self.ui.segmentButton.enabled = not running
+        self.ui.updateMeasurementsButton.enabled = not running
         self.ui.cancelButton.enabled = running
         self.ui.progressBar.visible = running
         if not running:
             self.ui.progressBar.value = 0
+
+    def onUpdateMeasurements(self):
+        with slicer.util.tryWithErrorDisplay(_("Measuring the segments failed."), waitCursor=True):
+            table, rows = self.logic.update_measurements(self._parameterNode.inputVolume, self._parameterNode.outputSegmentation,
+                                                         self._parameterNode.resultsTable)
+            self._parameterNode.resultsTable = table
+            self.ui.resultsTableView.setMRMLTableNode(table)
+            self.ui.statusLabel.text = _("Measured {count} structures.").format(count=len(rows))
 
     def onExport(self):
         with slicer.util.tryWithErrorDisplay(_("STL export failed."), waitCursor=True):
@@ -245,6 +255,8 @@ class RenalSegTest(ScriptedLoadableModuleTest):
         names = [segmentation.GetNthSegment(n).GetName() for n in range(segmentation.GetNumberOfSegments())]
         self.assertEqual(names, ["Right kidney", "Left kidney", "Renal tumor", "Renal cyst"])
         self.assertEqual(result.table_node.GetNumberOfRows(), 3)  # two kidneys and one tumor, no cyst
+        table, rows = logic.update_measurements(volume, result.segmentation_node, result.table_node)
+        self.assertEqual((table, [r["structure"] for r in rows]), (result.table_node, [r["structure"] for r in result.measurements]))
         with tempfile.TemporaryDirectory() as folder:
             files = logic.export_stl(result.segmentation_node, folder, "LPS")
             self.assertTrue(all(os.path.getsize(f) > 0 for f in files[:3]))

@@ -144,10 +144,7 @@ class RenalSegLogic:
             else:
                 io.attach_to_volume(segmentation_node, volume_node)
             segment_ids = io.write_segment_map(segmentation_node, segment_map, io.ijk_to_ras(volume_node), self.styles)
-            if table_node is None:
-                table_node = self.scene.AddNewNodeByClass("vtkMRMLTableNode", f"{segmentation_node.GetName()} measurements")
-                created.append(table_node)
-                io.place_beside(table_node, volume_node)
+            table_node = self._results_table(volume_node, segmentation_node, table_node, created)
             fill_table(table_node, measurements)
             probability_node = None
             if prepared.lesion_probability is not None:  # last: on failure it removes a node it created itself
@@ -157,6 +154,41 @@ class RenalSegLogic:
                 io.remove_node(node)
             raise
         return SegmentationResult(segmentation_node, segment_ids, table_node, measurements, probability_node)
+
+    def update_measurements(self, volume_node, segmentation_node, table_node=None):
+        """Measure RenalSeg's segments as they are now (after clicks or Segment Editor edits) into the results
+        table (a new one when none is given), with each lesion's network probability when the segmentation has
+        its probability volume; returns (table node, measurement rows). Main thread."""
+        from RenalSegLib.labels import kits_labels_from_segments
+        from RenalSegLib.measure import measure
+        from RenalSegLib.volume import labels_like
+
+        if volume_node is None or segmentation_node is None:
+            raise ValueError("choose the CT and its segmentation to measure")
+        segmentation = segmentation_node.GetSegmentation()
+        ids = {name: segmentation.GetSegmentIdBySegmentName(name) for name in self.styles}
+        ct = io.volume_to_image(volume_node)
+        kits = labels_like(kits_labels_from_segments(io.read_segment_map(segmentation_node, volume_node, ids)), ct)
+        probability_node = segmentation_node.GetNodeReference(io.PROBABILITY_ROLE)
+        probability = io.volume_to_image(probability_node) if probability_node is not None else None
+        rows = measure(kits, ct, lesion_probability=probability) if sitk.GetArrayViewFromImage(kits).any() else []
+        created = []
+        try:
+            table_node = self._results_table(volume_node, segmentation_node, table_node, created)
+            fill_table(table_node, rows)
+        except Exception:
+            for node in created:
+                io.remove_node(node)
+            raise
+        return table_node, rows
+
+    def _results_table(self, volume_node, segmentation_node, table_node, created: list):
+        """``table_node``, or a new results table beside the volume (appended to ``created``)."""
+        if table_node is None:
+            table_node = self.scene.AddNewNodeByClass("vtkMRMLTableNode", f"{segmentation_node.GetName()} measurements")
+            created.append(table_node)
+            io.place_beside(table_node, volume_node)
+        return table_node
 
     def segments_to_replace(self, segmentation_node) -> list[str]:
         """Names of RenalSeg's segments that hold voxels in ``segmentation_node`` (a re-run replaces them)."""

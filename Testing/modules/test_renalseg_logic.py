@@ -279,3 +279,28 @@ def test_gui_path_prepares_on_the_worker_and_writes_on_the_main_thread(scene, ob
     np.testing.assert_array_equal(io.read_segment_map(result.segmentation_node, volume_node, result.segment_ids),
                                   expected_segment_map(oblique_phantom))
     assert result.table_node.GetNumberOfRows() == 4
+
+
+def test_update_measurements_measures_the_segments_as_edited(scene, small_phantom):
+    values = sitk.GetArrayViewFromImage(small_phantom.labels)
+    probability = sitk.GetImageFromArray(np.where(values == labels.TUMOR, 70, 0).astype(np.uint8))
+    volume_node = io.add_volume_node(scene, small_phantom.ct)
+    logic = RenalSegLogic(scene, FakeEngine(small_phantom.labels, probability))
+    result = logic.process(volume_node)
+    before = {r["structure"]: r for r in result.measurements}
+    tumor = values == labels.TUMOR
+    kept = tumor.copy()
+    kept[: int(np.median(np.argwhere(tumor)[:, 0]))] = False  # the user erases the tumor's slices below its middle one
+    tumor_id = result.segment_ids["Renal tumor"]
+    io.write_masks(result.segmentation_node, {tumor_id: kept}, io.ijk_to_ras(volume_node), None, kept.shape)
+
+    table, rows = logic.update_measurements(volume_node, result.segmentation_node, result.table_node)
+    after = {r["structure"]: r for r in rows}
+    assert table is result.table_node and table.GetNumberOfRows() == len(rows) == 4
+    voxel_ml = np.prod(small_phantom.ct.GetSpacing()) / 1000
+    assert after["Renal tumor 1"]["volume_ml"] == pytest.approx(kept.sum() * voxel_ml)
+    assert kept.sum() < 0.9 * tumor.sum() and before["Renal tumor 1"]["volume_ml"] == pytest.approx(tumor.sum() * voxel_ml)
+    assert after["Renal tumor 1"]["lesion_probability"] == pytest.approx(0.70)  # from the segmentation's probability volume
+    assert after["Renal cyst 1"]["volume_ml"] == pytest.approx(before["Renal cyst 1"]["volume_ml"])
+    with pytest.raises(ValueError, match="choose the CT"):
+        logic.update_measurements(volume_node, None)
