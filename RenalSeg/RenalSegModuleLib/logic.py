@@ -155,7 +155,7 @@ class RenalSegLogic:
             raise
         return SegmentationResult(segmentation_node, segment_ids, table_node, measurements, probability_node)
 
-    def update_measurements(self, volume_node, segmentation_node, table_node=None):
+    def update_measurements(self, volume_node, segmentation_node, table_node=None) -> tuple[object, list[dict]]:
         """Measure RenalSeg's segments as they are now (after clicks or Segment Editor edits) into the results
         table (a new one when none is given), with each lesion's network probability when the segmentation has
         its probability volume; returns (table node, measurement rows). Main thread."""
