@@ -76,6 +76,7 @@ class RenalSegParameterNode:
     resultsTable: slicer.vtkMRMLTableNode
     device: Annotated[str, Choice(["auto", "cpu", "cuda", "mps"])] = "auto"
     fast: bool = False
+    mirror: bool = False
     exportCoordinates: Annotated[str, Choice(["LPS", "RAS"])] = "LPS"
     exportSmoothing: bool = True
 
@@ -163,7 +164,7 @@ class RenalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     _("This replaces the segments {names} (your edits to them are lost; other segments are kept). "
                       "Continue?").format(names=", ".join(replaced))):
                 return
-            settings = SegmentationSettings(device=self._parameterNode.device, fast=self._parameterNode.fast)
+            settings = SegmentationSettings(device=self._parameterNode.device, fast=self._parameterNode.fast, mirror=self._parameterNode.mirror)
             # the nodes are fixed now: changing the selectors during the run must not redirect the result
             self._targets = (self._parameterNode.inputVolume, self._parameterNode.outputSegmentation, self._parameterNode.resultsTable)
             self._task = self.logic.start_process(self._targets[0], settings)

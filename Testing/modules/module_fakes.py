@@ -14,11 +14,11 @@ class FakeEngine:
         self.lesion_probability = lesion_probability
         self.calls = []
 
-    def __call__(self, ct, *, device="auto", fast=False, model_path=None, progress=None, cancel=None):
+    def __call__(self, ct, *, device="auto", fast=False, flip_tta=False, model_path=None, progress=None, cancel=None):
         import SimpleITK as sitk
         from RenalSegLib.inference import Cancelled
 
-        self.calls.append(dict(size=ct.GetSize(), origin=ct.GetOrigin(), direction=ct.GetDirection(), device=device, fast=fast))
+        self.calls.append(dict(size=ct.GetSize(), origin=ct.GetOrigin(), direction=ct.GetDirection(), device=device, fast=fast, flip_tta=flip_tta))
         for step in range(3):
             if cancel is not None and cancel.is_set():
                 raise Cancelled("segmentation cancelled")

@@ -27,7 +27,9 @@ def test_auto_segmentation_through_the_real_engine_keeps_the_volume_grid(scene, 
     assert result.segmentation_node.GetSegmentation().GetNumberOfSegments() == 4
     loaded = engine._segmenter
     logic.process(volume_node, result.segmentation_node, settings=settings)
-    assert engine._segmenter is loaded  # the model is loaded once and reused
+    assert engine._segmenter is loaded and not loaded.flip_tta  # the model is loaded once and reused
+    logic.process(volume_node, result.segmentation_node, settings=SegmentationSettings(device="cpu", mirror=True, model_path=str(untrained_model)))
+    assert engine._segmenter.flip_tta  # the mirror is a setting of the loaded segmenter
 
 
 def test_refinement_through_the_real_session_changes_only_the_crop(scene, small_phantom, untrained_model):
