@@ -30,6 +30,17 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
 
 # --- segment ---------------------------------------------------------------------------------------
 
+def _fraction(text: str) -> float:
+    """An argparse type: a number in 0-1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number in 0-1")
+    return value
+
+
 def _add_segment(sub) -> None:
     p = sub.add_parser("segment", help="auto-segment kidneys, tumors and cysts in a CT")
     p.add_argument("ct", help="CT: NIfTI/NRRD/MetaImage file or DICOM folder (with --batch: a folder of CT files)")
@@ -41,6 +52,10 @@ def _add_segment(sub) -> None:
     p.add_argument("--probability", metavar="PATH", help="also write the network's tumor-or-cyst probability map (percent, "
                    "0-100, the CT's grid; 'renalseg export --probability' adds each lesion's mean to the measurements) "
                    "(with --batch: a folder, one NAME.nii.gz per input CT)")
+    p.add_argument("--min-lesion-probability", type=_fraction, default=0.0, metavar="P",
+                   help="turn into kidney each lesion whose mean network probability is under P (0-1; default 0: keep all). "
+                   "Fewer false lesions for some true ones: at 0.7, 18 of 29 false and 9 of 59 true lesions went on "
+                   "40 held-out synthetic cases")
     p.add_argument("--fast", action="store_true", help="less window overlap: faster, slightly less accurate")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average the networks over the CT and its "
                    "left-right mirror image (about 2x the network time; ignored with --fast)")
@@ -79,7 +94,8 @@ def _run_segment(args: argparse.Namespace) -> int:
     progress, close = _tqdm_progress("segmenting")
     try:
         with logging_redirect_tqdm():  # warnings print above the bar, not into it
-            result = auto_segment(ct, device=args.device, fast=args.fast, flip_tta=args.tta, model_path=args.model, progress=progress)
+            result = auto_segment(ct, device=args.device, fast=args.fast, flip_tta=args.tta, model_path=args.model, progress=progress,
+                                  min_lesion_probability=args.min_lesion_probability)
     finally:
         close()
     labels = result.labels
@@ -120,7 +136,7 @@ def _segment_folder(folder: Path, out_dir: Path, args: argparse.Namespace) -> in
     with logging_redirect_tqdm():
         for name, path in tqdm(todo.items(), desc="segmenting", unit="CT"):
             ct = read_volume(path)
-            result = auto_segment(ct, segmenter=segmenter)
+            result = auto_segment(ct, segmenter=segmenter, min_lesion_probability=args.min_lesion_probability)
             write_labels(result.labels, out_dir / f"{name}.nii.gz", ct)
             if probability_dir is not None:
                 write_labels(result.lesion_probability, probability_dir / f"{name}.nii.gz", ct)

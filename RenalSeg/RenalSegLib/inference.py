@@ -220,6 +220,28 @@ def postprocess(kits: np.ndarray, spacing) -> np.ndarray:
     return out
 
 
+def drop_unsure_lesions(kits: np.ndarray, lesion_percent: np.ndarray, minimum: float) -> np.ndarray:
+    """Turn into kidney each lesion (connected tumor-or-cyst component) whose mean lesion probability (``lesion_percent``,
+    percent) is under ``minimum`` (0-1); the other voxels are kept.
+
+    An opt-in trade: on 40 held-out synthetic cases a minimum of 0.7 would drop 18 of the 29 false lesions and
+    9 of the 59 true ones (docs/accuracy.md).
+    """
+    from scipy import ndimage
+
+    out = kits.copy()
+    box = _labelled_box(out)
+    if box is None:
+        return out
+    view = out[box]
+    lesions, count = ndimage.label(np.isin(view, L.LESION_LABELS))
+    if count:
+        means = ndimage.mean(lesion_percent[box], lesions, np.arange(1, count + 1))
+        unsure = np.concatenate([[False], means < 100.0 * minimum])
+        view[unsure[lesions]] = L.KIDNEY
+    return out
+
+
 def _labelled_box(labels: np.ndarray) -> tuple[slice, ...] | None:
     """The smallest box (a tuple of slices) holding every non-zero voxel, or None if there is none."""
     box = []
@@ -270,12 +292,16 @@ def auto_segment(
     segmenter: Segmenter | None = None,
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
+    min_lesion_probability: float = 0.0,
 ) -> AutoSegmentation:
     """Segment kidneys, tumors and cysts in a CT (HU): the KiTS label map and the network's lesion probability.
 
     ``progress(fraction, message)`` is called between stages; setting ``cancel`` stops at the next
-    stage with ``Cancelled``. Pass a loaded ``segmenter`` to avoid reloading the model.
+    stage with ``Cancelled``. Pass a loaded ``segmenter`` to avoid reloading the model. Lesions whose mean
+    probability is under ``min_lesion_probability`` become kidney (``drop_unsure_lesions``; 0: none).
     """
+    if not 0.0 <= min_lesion_probability <= 1.0:
+        raise RenalSegError(f"the minimum lesion probability must lie in 0-1, got {min_lesion_probability}")
     report = progress or (lambda fraction, message: None)
 
     def check_cancel():
@@ -308,6 +334,8 @@ def auto_segment(
     report(0.92, "postprocessing")
     t0 = time.perf_counter()
     kits = postprocess(kits, ct.GetSpacing())
+    if min_lesion_probability > 0.0:
+        kits = drop_unsure_lesions(kits, lesion_percent, min_lesion_probability)
     timings["postprocess"] = time.perf_counter() - t0
     segmenter.timings = timings
     if not kits.any():

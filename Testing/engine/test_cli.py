@@ -139,3 +139,10 @@ def test_interactive_evaluation_reports_both_encodings_and_click_latency(tmp_pat
     assert "click latency (adaptive" in capsys.readouterr().out
     assert cli.main([*args, "--guidance", "gaussian"]) == 0  # one encoding only
     assert list(json.loads(out.read_text())["methods"]) == ["gaussian"]
+
+
+def test_a_minimum_lesion_probability_outside_0_to_1_is_refused(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["segment", str(tmp_path / "ct.nii.gz"), "-o", str(tmp_path / "labels.nii.gz"), "--min-lesion-probability", "70"])
+    assert exit_info.value.code == cli.EXIT_USER_ERROR
+    assert "'70' is not a number in 0-1" in capsys.readouterr().err

@@ -239,3 +239,24 @@ def test_bundled_model_scores_its_recorded_dice_on_the_bundled_sample() -> None:
     assert recorded.keys() == {"kidney_and_masses", "masses", "tumor"}
     for region, dice in recorded.items():
         assert scores[f"dice_{region}"] >= dice - 0.01, f"{region}: {scores[f'dice_{region}']:.3f}, recorded {dice:.3f}"
+
+
+def test_an_opt_in_minimum_lesion_probability_turns_unsure_lesions_into_kidney() -> None:
+    class TumorSureCystUnsure(_OracleSegmenter):
+        """The phantom's tumor at tumor 0.9, its cyst at cyst 0.5 (kidney 0.5), kidney 1 elsewhere in the region."""
+
+        def segment_region(self, ct, start, stop):
+            probabilities = super().segment_region(ct, start, stop)
+            tumor, cyst = probabilities[L.TUMOR] > 0, probabilities[L.CYST] > 0
+            probabilities[:, tumor] = np.array([0.0, 0.1, 0.9, 0.0], np.float32)[:, None]
+            probabilities[:, cyst] = np.array([0.0, 0.5, 0.0, 0.5], np.float32)[:, None]
+            return probabilities
+
+    p = phantoms.kidney_phantom()
+    reference = sitk.GetArrayFromImage(p.labels)
+    keep_all = sitk.GetArrayFromImage(I.auto_segment(p.ct, segmenter=TumorSureCystUnsure(p)).labels)
+    np.testing.assert_array_equal(keep_all, reference)
+    sure_only = sitk.GetArrayFromImage(I.auto_segment(p.ct, segmenter=TumorSureCystUnsure(p), min_lesion_probability=0.7).labels)
+    np.testing.assert_array_equal(sure_only, np.where(reference == L.CYST, L.KIDNEY, reference))
+    with pytest.raises(I.RenalSegError, match="0-1"):
+        I.auto_segment(p.ct, segmenter=TumorSureCystUnsure(p), min_lesion_probability=70)
