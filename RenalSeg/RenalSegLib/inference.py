@@ -23,6 +23,7 @@ from . import labels as L
 from .errors import RenalSegError
 from .network import minimum_input_multiple
 from .preprocess import LEFT_RIGHT_AXIS, grid_for_image, grid_for_region, index_box_covering, normalize_ct, resample_onto
+from .volume import labels_like
 
 log = logging.getLogger(__name__)
 
@@ -341,10 +342,4 @@ def auto_segment(
     if not kits.any():
         log.warning("no kidney found in this CT (does it cover the kidneys?)")
     report(1.0, "done")
-    return AutoSegmentation(_image_like(kits, ct), _image_like(lesion_percent, ct))
-
-
-def _image_like(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
-    image = sitk.GetImageFromArray(array)
-    image.CopyInformation(reference)
-    return image
+    return AutoSegmentation(labels_like(kits, ct), labels_like(lesion_percent, ct))
