@@ -139,8 +139,7 @@ class RenalSegLogic:
         segment_map, measurements = prepared.segment_map, prepared.measurements
         if segment_map.shape != tuple(reversed(volume_node.GetImageData().GetDimensions())):
             raise RuntimeError("the labels do not match the volume's grid (was the volume changed during segmentation?)")
-        created = []
-        try:
+        with io.removed_on_failure() as created:
             if segmentation_node is None:
                 segmentation_node = io.new_segmentation_node(self.scene, volume_node)
                 created.append(segmentation_node)
@@ -152,10 +151,6 @@ class RenalSegLogic:
             probability_node = None
             if prepared.lesion_probability is not None:  # last: on failure it removes a node it created itself
                 probability_node = io.write_probability_volume(segmentation_node, volume_node, prepared.lesion_probability)
-        except Exception:
-            for node in created:
-                io.remove_node(node)
-            raise
         return SegmentationResult(segmentation_node, segment_ids, table_node, measurements, probability_node)
 
     def update_measurements(self, volume_node, segmentation_node, table_node=None) -> tuple[object, list[dict]]:
@@ -175,14 +170,9 @@ class RenalSegLogic:
         probability_node = segmentation_node.GetNodeReference(io.PROBABILITY_ROLE)
         probability = io.volume_to_image(probability_node) if probability_node is not None else None
         rows = measure(kits, ct, lesion_probability=probability) if sitk.GetArrayViewFromImage(kits).any() else []
-        created = []
-        try:
+        with io.removed_on_failure() as created:
             table_node = self._results_table(volume_node, segmentation_node, table_node, created)
             fill_table(table_node, rows)
-        except Exception:
-            for node in created:
-                io.remove_node(node)
-            raise
         return table_node, rows
 
     def _results_table(self, volume_node, segmentation_node, table_node, created: list):

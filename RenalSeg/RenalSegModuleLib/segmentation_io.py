@@ -7,7 +7,8 @@ rules and the segmentation's modified events behave exactly as when the Segment 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import SimpleITK as sitk
@@ -98,6 +99,18 @@ def remove_node(node) -> None:
     scene.RemoveNode(node)
 
 
+@contextlib.contextmanager
+def removed_on_failure() -> Iterator[list]:
+    """A list for the nodes a block creates; if the block raises, they leave the scene (``remove_node``)."""
+    created: list = []
+    try:
+        yield created
+    except Exception:
+        for node in created:
+            remove_node(node)
+        raise
+
+
 PROBABILITY_ROLE = "renalsegLesionProbability"  # node reference from a segmentation to its lesion probability volume
 PROBABILITY_COLORS = ("vtkMRMLColorTableNodeFileViridis.txt", "vtkMRMLColorTableNodeRainbow")  # the first in the scene
 
@@ -111,10 +124,10 @@ def write_probability_volume(segmentation_node, volume_node, percent: np.ndarray
     """
     scene = segmentation_node.GetScene()
     node = segmentation_node.GetNodeReference(PROBABILITY_ROLE)
-    created = node is None
-    if created:
-        node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"{segmentation_node.GetName()} lesion probability")
-    try:
+    with removed_on_failure() as created:
+        if node is None:
+            node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"{segmentation_node.GetName()} lesion probability")
+            created.append(node)
         node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ijk_to_ras(volume_node)))
         slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(percent, dtype=np.uint8))
         node.CreateDefaultDisplayNodes()
@@ -124,10 +137,6 @@ def write_probability_volume(segmentation_node, volume_node, percent: np.ndarray
         colors = next((c for c in PROBABILITY_COLORS if scene.GetNodeByID(c) is not None), None)
         if colors is not None:
             display.SetAndObserveColorNodeID(colors)
-    except Exception:
-        if created:
-            remove_node(node)
-        raise
     if created:
         segmentation_node.SetNodeReferenceID(PROBABILITY_ROLE, node.GetID())
         place_beside(node, volume_node)
