@@ -20,7 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import labels as L
-from .errors import RenalSegError
+from .errors import Cancelled, RenalSegError  # noqa: F401  (Cancelled: callers catch inference.Cancelled)
 from .network import minimum_input_multiple
 from .preprocess import LEFT_RIGHT_AXIS, grid_for_image, grid_for_region, index_box_covering, normalize_ct, resample_onto
 from .volume import labels_like
@@ -43,10 +43,6 @@ MAX_KIDNEYS = 2  # kidney-and-masses components kept, those with the most kidney
 # masses Dice 0.31, lesion recall 0.61, 3.1 false-positive lesions per case; share 0.3 with 0.5 / 1 / 2 mL
 # 0.35 / 0.36 / 0.35, recall 0.87 / 0.83 / 0.74, FP 3.0 / 2.3 / 1.6; share 0.4 with 1 mL 0.35, 0.74, 2.0.
 MASS_SHARE = 0.3
-
-
-class Cancelled(Exception):
-    """Raised inside ``segment`` when its ``cancel`` event is set."""
 
 
 @dataclass

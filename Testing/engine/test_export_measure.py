@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 import phantoms
 from RenalSegLib import measure
-from RenalSegLib.errors import RenalSegError
+from RenalSegLib.errors import Cancelled, RenalSegError
 
 GRIDS = {
     "axial": dict(spacing=(0.9, 1.0, 1.2), direction=None),
@@ -93,6 +95,11 @@ def test_empty_or_non_kits_label_maps_are_refused() -> None:
         measure.measure(p.labels * 0, p.ct)
     with pytest.raises(RenalSegError, match=r"values \[7\]"):
         measure.measure(sitk.Cast(p.labels + sitk.Cast(p.labels == 1, sitk.sitkUInt8) * 6, sitk.sitkUInt8), p.ct)
+    with pytest.raises(RenalSegError, match=r"values \[-1\]"):
+        measure.measure(sitk.Cast(p.labels, sitk.sitkInt16) - sitk.Cast(p.labels == 1, sitk.sitkInt16) * 2, p.ct)
+    with pytest.raises(RenalSegError, match=r"values \[1.5\]"):
+        measure.measure(sitk.Cast(p.labels, sitk.sitkFloat32) + sitk.Cast(p.labels == 1, sitk.sitkFloat32) * 0.5, p.ct)
+    assert measure.measure(sitk.Cast(p.labels, sitk.sitkInt16), p.ct) == measure.measure(p.labels, p.ct)
 
 
 def test_lesion_rows_give_the_mean_network_probability_over_the_lesion() -> None:
@@ -115,10 +122,21 @@ def test_lesion_rows_give_the_mean_network_probability_over_the_lesion() -> None
     assert all(r["lesion_probability"] is None for r in measure.measure(p.labels, p.ct))  # no map, no figure
 
 
-def test_a_probability_map_off_the_grid_or_not_in_percent_is_refused() -> None:
+def test_a_probability_map_off_the_grid_not_in_percent_or_the_labels_themselves_is_refused() -> None:
     p = phantoms.kidney_phantom(size=(64, 48, 40), spacing=(2.5, 2.5, 2.5))
     other = phantoms.kidney_phantom(size=(64, 48, 40), spacing=(2.5, 2.5, 3.0))
     with pytest.raises(RenalSegError, match="not on the label map's grid"):
         measure.measure(p.labels, p.ct, lesion_probability=sitk.Cast(other.labels, sitk.sitkUInt8))
     with pytest.raises(RenalSegError, match="percentages"):
         measure.measure(p.labels, p.ct, lesion_probability=sitk.Cast(p.labels, sitk.sitkUInt8) * 60)
+    with pytest.raises(RenalSegError, match="label map itself"):
+        measure.measure(p.labels, p.ct, lesion_probability=p.labels)
+
+
+def test_measuring_stops_when_cancelled() -> None:
+    p = phantoms.kidney_phantom(size=(64, 48, 40), spacing=(2.5, 2.5, 2.5))
+    cancel = threading.Event()
+    assert measure.measure(p.labels, p.ct, cancel=cancel)  # not set: measures
+    cancel.set()
+    with pytest.raises(Cancelled):
+        measure.measure(p.labels, p.ct, cancel=cancel)
