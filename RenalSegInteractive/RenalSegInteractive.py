@@ -41,6 +41,7 @@ except ImportError:  # plain Python with slicer-core: only the logic is usable
         return text
 
 POLL_MS = 30
+MEASURE_DELAY_MS = 700  # re-measure once the clicks pause this long; the next click cancels a measurement
 TARGET_CLASSES = {"Renal tumor": labels.TUMOR, "Renal cyst": labels.CYST, "Kidney": labels.KIDNEY}
 SHORTCUTS = {"a": "positive", "s": "negative", "u": "undo"}
 
@@ -54,8 +55,8 @@ class RenalSegInteractive(ScriptedLoadableModule):
         self.parent.contributors = ["RenalSeg contributors"]
         self.parent.helpText = _("Click inside a missed tumor or cyst (positive, key A) or on a leak (negative, key S); "
                                  "each click refines the segmentation around it. U undoes the last click. Works on "
-                                 "segmentations made by RenalSeg or drawn by hand. Tick Keep unchanged to protect a class from clicks. "
-                                 "Research use only.")
+                                 "segmentations made by RenalSeg or drawn by hand; RenalSeg's results table follows the "
+                                 "clicks. Tick Keep unchanged to protect a class from clicks. Research use only.")
         self.parent.acknowledgementText = _("Part of the RenalSeg extension.")
 
 
@@ -71,6 +72,7 @@ class RenalSegInteractiveWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self._sessionReady = None  # future of the session being built on the worker thread
         self._warmUp = None  # future of the model warm-up
         self._loadingShown = False  # the status label said the model was loading slowly
+        self._measuring = None  # future of the results table's re-measurement on the worker thread
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -84,6 +86,10 @@ class RenalSegInteractiveWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_MS)
         self._timer.connect("timeout()", self._poll)
+        self._measureTimer = qt.QTimer()
+        self._measureTimer.setSingleShot(True)
+        self._measureTimer.setInterval(MEASURE_DELAY_MS)
+        self._measureTimer.connect("timeout()", self._measure)
         self.ui.startButton.connect("clicked(bool)", self.onStart)
         self.ui.undoButton.connect("clicked(bool)", self.onUndo)
         self.ui.redoButton.connect("clicked(bool)", self.onRedo)
@@ -123,6 +129,8 @@ class RenalSegInteractiveWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.logic.shutdown()
 
     def _stop(self):
+        self._measureTimer.stop()
+        self._measuring = None
         self._pending.clear()
         self._clickPoints.clear()
         self._clickNodes = {}
@@ -193,12 +201,28 @@ class RenalSegInteractiveWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
                 self.logic.apply_click(future.result())
                 self._clickPoints.append((node, pointID))
                 self.ui.statusLabel.text = _("Refined ({count} clicks).").format(count=len(self._clickPoints))
+                self._measureTimer.start()
             except Exception as error:  # e.g. a click outside the image: drop the point, say why
                 self._removePoint(node, pointID)
                 self.ui.statusLabel.text = str(error)
                 logging.warning("RenalSeg click failed: %s", error)
-        if not self._pending and self._warmUp is None:
+        if self._measuring is not None and self._measuring.done():
+            future, self._measuring = self._measuring, None
+            try:
+                self.logic.apply_measurements(future.result())  # None (nothing to apply) when a click cancelled it
+            except Exception as error:
+                logging.warning("RenalSeg measurements not refreshed: %s", error)
+        if not self._pending and self._warmUp is None and self._measuring is None:
             self._timer.stop()
+
+    def _measure(self):
+        """Refresh the segmentation's results table (if RenalSeg made one) once the clicks have paused."""
+        if self._pending:
+            self._measureTimer.start()
+            return
+        self._measuring = self.logic.submit_measurements()
+        if self._measuring is not None:
+            self._timer.start()
 
     def _showLoading(self):
         """While the model loads slowly (the first time on a CPU: a one-time export), say so; then that it is loaded."""
@@ -216,10 +240,12 @@ class RenalSegInteractiveWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         with slicer.util.tryWithErrorDisplay(_("Undo failed.")):
             if self.logic.undo() and self._clickPoints:
                 self._removePoint(*self._clickPoints.pop())
+            self._measureTimer.start()
 
     def onRedo(self):
         with slicer.util.tryWithErrorDisplay(_("Redo failed.")):
             self.logic.redo()
+            self._measureTimer.start()
 
     def onReset(self):
         with slicer.util.tryWithErrorDisplay(_("Reset failed."), waitCursor=True):
@@ -227,10 +253,12 @@ class RenalSegInteractiveWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             for node in self._clickNodes.values():
                 node.RemoveAllControlPoints()
             self._clickPoints.clear()
+            self._measureTimer.start()
 
 
 class RenalSegInteractiveTest(ScriptedLoadableModuleTest):
-    """Self-test for Slicer: a click on a synthetic CT refines only its crop, and undo restores the segmentation."""
+    """Self-test for Slicer: a click on a synthetic CT refines only its crop, the results table follows it, and undo
+    restores the segmentation."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -261,6 +289,10 @@ class RenalSegInteractiveTest(ScriptedLoadableModuleTest):
             outside[box] = False
             self.assertTrue(np.array_equal(after[outside], before[outside]))
             self.assertTrue((after == labels.CYST).any())
+            rows = logic.submit_measurements().result(30)
+            self.assertTrue(logic.apply_measurements(rows))
+            self.assertIn("Renal cyst 1", [row["structure"] for row in rows])
+            self.assertEqual(result.table_node.GetNumberOfRows(), len(rows))
             self.assertTrue(logic.undo())
             self.assertTrue(np.array_equal(logic.read_kits_labels(), before))
         finally:

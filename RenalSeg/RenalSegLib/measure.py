@@ -6,6 +6,7 @@ image geometry (``volume.ijk_to_lps_matrix``), so oblique, flipped and anisotrop
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,15 +220,23 @@ def shape_metrics(image: sitk.Image, box: tuple[slice, slice, slice], mask: np.n
     }
 
 
-def _pole(anatomy: Anatomy, lesion: Structure, centroid_z: float) -> str | None:
-    """Upper, middle or lower third of the host kidney (with its lesions) along the cranio-caudal LPS z."""
-    if lesion.kidney is None:
+def _kidney_z_ranges(anatomy: Anatomy) -> dict[str, tuple[float, float]]:
+    """(lowest, highest) cranio-caudal LPS z of each kidney holding lesions, with its lesions, for the poles."""
+    ranges = {}
+    for kidney in anatomy.kidneys:
+        if kidney.lesions:
+            box = anatomy.kidney_box(kidney, margin=0)
+            whole = kidney.mask_in(box) | np.any([anatomy.structure(n).mask_in(box) for n in kidney.lesions], axis=0)
+            z = anatomy.points_lps(box, whole)[:, 2]
+            ranges[kidney.name] = (float(z.min()), float(z.max()))
+    return ranges
+
+
+def _pole(z_range: tuple[float, float] | None, centroid_z: float) -> str | None:
+    """Upper, middle or lower third of the host kidney's ``z_range`` (``_kidney_z_ranges``) holding ``centroid_z``."""
+    if z_range is None:
         return None
-    kidney = anatomy.structure(lesion.kidney)
-    box = anatomy.kidney_box(kidney, margin=0)
-    whole = kidney.mask_in(box) | np.any([anatomy.structure(n).mask_in(box) for n in kidney.lesions], axis=0)
-    z = anatomy.points_lps(box, whole)[:, 2]
-    top, bottom = z.max(), z.min()
+    bottom, top = z_range
     third = (top - bottom) / 3.0
     if centroid_z > top - third:
         return "upper"  # LPS +z is superior (cranial)
@@ -242,7 +251,8 @@ def _hu(anatomy: Anatomy, structure: Structure) -> tuple[float | None, float | N
 
 
 def measure(kits_labels: sitk.Image, ct: sitk.Image | None = None, anatomy: Anatomy | None = None,
-            lesion_probability: sitk.Image | None = None, cancel: threading.Event | None = None) -> list[dict]:
+            lesion_probability: sitk.Image | None = None, cancel: threading.Event | None = None,
+            cache: dict | None = None) -> list[dict]:
     """One row per kidney and per lesion component: sizes in mL and mm, HU, shape, side and pole.
 
     Kidney rows measure the parenchyma (KiTS label 1 on that side); ``volume_with_lesions_ml`` adds
@@ -252,7 +262,9 @@ def measure(kits_labels: sitk.Image, ct: sitk.Image | None = None, anatomy: Anat
     auto segmentation's ``lesion_probability`` map (``inference.AutoSegmentation``), each lesion row
     also gives the network's mean tumor-or-cyst probability over the lesion (0-1): a low value marks a
     lesion the network was unsure of, often a false one. Setting ``cancel`` stops before the next structure
-    with ``Cancelled``: a refresh after each click gives way to the next click.
+    with ``Cancelled``: a refresh after each click gives way to the next click. A ``cache`` dict, kept by
+    the caller between calls on the same grid (after each click), spares the shape metrics of the
+    structures that did not change; it then holds this call's structures only.
     """
 
     def check_cancel():
@@ -262,27 +274,50 @@ def measure(kits_labels: sitk.Image, ct: sitk.Image | None = None, anatomy: Anat
     check_probability_map(lesion_probability, kits_labels)
     check_cancel()
     anatomy = anatomy or analyse(kits_labels, ct)
+    metrics_of = _ShapeMetrics(kits_labels, cache)
     rows = []
     kidney_total = {}
     for kidney in anatomy.kidneys:
         check_cancel()
         lesion_ml = sum(anatomy.structure(n).mask.sum() for n in kidney.lesions) * np.prod(kits_labels.GetSpacing()) / 1000.0
-        metrics = shape_metrics(kits_labels, kidney.box, kidney.mask)
+        metrics = metrics_of(kidney)
         kidney_total[kidney.name] = metrics["volume_ml"] + lesion_ml
         mean, std = _hu(anatomy, kidney)
         rows.append({"structure": kidney.name, "kind": "kidney", "kidney": kidney.name, **metrics,
                      "volume_with_lesions_ml": float(kidney_total[kidney.name]), "hu_mean": mean, "hu_std": std,
                      "lesion_to_kidney_ratio": None, "pole": None, "lesion_probability": None})
+    z_ranges = _kidney_z_ranges(anatomy)
     for lesion in anatomy.lesions:
         check_cancel()
-        metrics = shape_metrics(kits_labels, lesion.box, lesion.mask)
+        metrics = metrics_of(lesion)
         mean, std = _hu(anatomy, lesion)
         ratio = float(metrics["volume_ml"] / kidney_total[lesion.kidney]) if lesion.kidney in kidney_total else None
         rows.append({"structure": lesion.name, "kind": lesion.kind, "kidney": lesion.kidney, **metrics,
                      "volume_with_lesions_ml": None, "hu_mean": mean, "hu_std": std,
-                     "lesion_to_kidney_ratio": ratio, "pole": _pole(anatomy, lesion, metrics["centroid_lps_mm"][2]),
+                     "lesion_to_kidney_ratio": ratio, "pole": _pole(z_ranges.get(lesion.kidney), metrics["centroid_lps_mm"][2]),
                      "lesion_probability": _mean_probability(lesion_probability, lesion)})
+    if cache is not None:
+        cache.clear()
+        cache.update(metrics_of.used)
     return rows
+
+
+class _ShapeMetrics:
+    """``shape_metrics`` of structures, taken from a cache when the grid, box and mask are the same; ``used``
+    collects the entries of this measurement."""
+
+    def __init__(self, image: sitk.Image, cache: dict | None):
+        self.image, self.cache, self.used = image, cache, {}
+
+    def __call__(self, structure: Structure) -> dict:
+        if self.cache is None:
+            return shape_metrics(self.image, structure.box, structure.mask)
+        key = (self.image.GetOrigin(), self.image.GetSpacing(), self.image.GetDirection(),
+               tuple((b.start, b.stop) for b in structure.box), hashlib.blake2b(np.packbits(structure.mask)).digest())
+        if key not in self.cache:
+            self.cache[key] = shape_metrics(self.image, structure.box, structure.mask)
+        self.used[key] = self.cache[key]
+        return self.used[key]
 
 
 def check_probability_map(probability: sitk.Image | None, kits_labels: sitk.Image) -> None:

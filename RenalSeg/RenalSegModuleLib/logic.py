@@ -176,11 +176,13 @@ class RenalSegLogic:
         return table_node, rows
 
     def _results_table(self, volume_node, segmentation_node, table_node, created: list):
-        """``table_node``, or a new results table beside the volume (appended to ``created``)."""
+        """``table_node``, or a new results table beside the volume (appended to ``created``), referenced from the
+        segmentation (``io.MEASUREMENTS_ROLE``: RenalSeg Interactive refreshes it after clicks)."""
         if table_node is None:
             table_node = self.scene.AddNewNodeByClass("vtkMRMLTableNode", f"{segmentation_node.GetName()} measurements")
             created.append(table_node)
             io.place_beside(table_node, volume_node)
+        segmentation_node.SetNodeReferenceID(io.MEASUREMENTS_ROLE, table_node.GetID())
         return table_node
 
     def segments_to_replace(self, segmentation_node) -> list[str]:

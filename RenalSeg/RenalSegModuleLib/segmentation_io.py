@@ -112,6 +112,7 @@ def removed_on_failure() -> Iterator[list]:
 
 
 PROBABILITY_ROLE = "renalsegLesionProbability"  # node reference from a segmentation to its lesion probability volume
+MEASUREMENTS_ROLE = "renalsegMeasurements"  # node reference from a segmentation to its results table
 PROBABILITY_COLORS = ("vtkMRMLColorTableNodeFileViridis.txt", "vtkMRMLColorTableNodeRainbow")  # the first in the scene
 
 

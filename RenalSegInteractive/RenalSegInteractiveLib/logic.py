@@ -3,16 +3,20 @@
 All inference runs on one persistent worker thread (models, cuDNN plans and the session's preprocessed
 image stay on it); MRML is only touched by the ``apply_*`` methods, on the main thread. Each write
 saves a segmentation undo state first (``vtkSegmentationHistory``, the mechanism behind the Segment
-Editor's undo), and only the (k, j, i) box the session reports as changed is written back. Usage::
+Editor's undo), and only the (k, j, i) box the session reports as changed is written back. A segmentation
+made by RenalSeg keeps its results table: ``submit_measurements`` re-measures the refined labels on the
+worker, and the next click cancels it. Usage::
 
     logic = InteractiveLogic(slicer.mrmlScene)
     logic.start(getNode("CT"), getNode("CT RenalSeg"))
     box = logic.click(ras_point, positive=True, label=labels.TUMOR)   # blocking; the widget uses submit_click
     logic.undo()
+    logic.apply_measurements(logic.submit_measurements().result())   # the results table follows the clicks
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -22,7 +26,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from RenalSegLib import labels, volume
+from RenalSegLib.errors import Cancelled
 from RenalSegModuleLib import segmentation_io as io
+from RenalSegModuleLib.results import fill_table
 from RenalSegModuleLib.tasks import PersistentWorker
 from RenalSegModuleLib.terminology import SegmentStyle, load_segment_styles
 
@@ -110,6 +116,9 @@ class InteractiveLogic:
         self._matrix = None
         self._midline_x = 0.0
         self._ct: sitk.Image | None = None
+        self._probability: sitk.Image | None = None  # the auto segmentation's lesion probability, for the table
+        self._measuring = threading.Event()  # set: the measurement in flight gives way to a newer change
+        self._shape_cache: dict = {}  # measure's shapes of unchanged structures, per volume
         self.history = None
         self._undo_steps: list[bool] = []
         self._redo_steps: list[bool] = []
@@ -134,6 +143,7 @@ class InteractiveLogic:
         """
         import slicer
 
+        self._measuring.set()
         self.class_segments = {labels.TUMOR: "Renal tumor", labels.CYST: "Renal cyst", **(target_segments or {})}
         self.volume_node, self.segmentation_node = volume_node, segmentation_node
         if segmentation_node.GetNodeReference(slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()) is None:
@@ -141,6 +151,9 @@ class InteractiveLogic:
         self._matrix = io.ijk_to_ras(volume_node)
         self._ct = io.volume_to_image(volume_node)
         self._midline_x = labels.body_midline_x(self._ct)
+        probability_node = segmentation_node.GetNodeReference(io.PROBABILITY_ROLE)
+        self._probability = None if probability_node is None else io.volume_to_image(probability_node)
+        self._shape_cache = {}
         self.history = slicer.vtkSegmentationHistory()
         self.history.SetMaximumNumberOfStates(MAX_UNDO_STATES)
         self.history.SetSegmentation(segmentation_node.GetSegmentation())
@@ -197,11 +210,16 @@ class InteractiveLogic:
     def submit_click(self, point_ras, positive: bool = True, label: int = labels.TUMOR) -> Future:
         """Queue a click on the worker thread; its future yields a ``ClickResult`` for ``apply_click``."""
         point_lps = volume.ras_to_lps(np.asarray(point_ras, dtype=float))
-        return self.worker.submit(self._run_click, point_lps, positive, label)
+        return self._submit_change(self._run_click, point_lps, positive, label)
 
     def submit_markups_click(self, markups_node, index: int, positive: bool, label: int = labels.TUMOR) -> Future:
         point_lps = self.click_point_lps(markups_node, index)
-        return self.worker.submit(self._run_click, point_lps, positive, label)
+        return self._submit_change(self._run_click, point_lps, positive, label)
+
+    def _submit_change(self, function, *args) -> Future:
+        """Queue work that changes the labels on the worker; a measurement in flight gives way to it."""
+        self._measuring.set()
+        return self.worker.submit(function, *args)
 
     def _run_click(self, point_lps, positive, label) -> ClickResult:
         box = self._session.add_click(point_lps, positive=positive, label=label)
@@ -270,7 +288,7 @@ class InteractiveLogic:
         if not self._undo_steps:
             return False
         saved = self._undo_steps.pop()
-        result = self.worker.submit(self._run_history, "undo").result(timeout)
+        result = self._submit_change(self._run_history, "undo").result(timeout)
         if saved and self.history.IsRestorePreviousStateAvailable():
             self.history.RestorePreviousState()
         elif result is not None:
@@ -283,7 +301,7 @@ class InteractiveLogic:
         if not self._redo_steps:
             return False
         saved = self._redo_steps.pop()
-        result = self.worker.submit(self._run_history, "redo").result(timeout)
+        result = self._submit_change(self._run_history, "redo").result(timeout)
         if saved and self.history.IsRestoreNextStateAvailable():
             self.history.RestoreNextState()
         elif result is not None:
@@ -294,9 +312,47 @@ class InteractiveLogic:
 
     def reset(self, timeout: float | None = 60) -> None:
         """Drop all clicks: the session returns to its starting labels, written back as one undoable step."""
-        result = self.worker.submit(self._run_history, "reset").result(timeout)
+        result = self._submit_change(self._run_history, "reset").result(timeout)
         if result is not None:
             self.apply_click(result)
 
+    # -- measurements ----------------------------------------------------------------------------------
+
+    def measurements_table(self):
+        """The results table RenalSeg filled for this segmentation (``io.MEASUREMENTS_ROLE``), else None."""
+        return None if self.segmentation_node is None else self.segmentation_node.GetNodeReference(io.MEASUREMENTS_ROLE)
+
+    def submit_measurements(self) -> Future | None:
+        """Measure the refined labels on the worker thread (``RenalSegLib.measure``, with the auto segmentation's
+        lesion probability); the future yields the rows for ``apply_measurements``, or None when a click, undo,
+        redo or reset came first (it cancels the measurement, so that clicks never wait long behind it).
+        None without a results table (a hand-drawn segmentation)."""
+        if self.measurements_table() is None:
+            return None
+        self._measuring.set()
+        self._measuring = cancel = threading.Event()
+        return self.worker.submit(self._run_measurements, self._ct, self._probability, self._shape_cache, cancel)
+
+    def _run_measurements(self, ct: sitk.Image, probability: sitk.Image | None, cache: dict,
+                          cancel: threading.Event) -> list[dict] | None:
+        from RenalSegLib.measure import measure
+
+        kits = self._session.labels  # the session of this volume: start() queued it on this worker first
+        if not kits.any():
+            return []
+        try:
+            return measure(volume.labels_like(kits, ct), ct, lesion_probability=probability, cancel=cancel, cache=cache)
+        except Cancelled:
+            return None
+
+    def apply_measurements(self, rows: list[dict] | None) -> bool:
+        """Fill the results table with measurement rows (main thread); False, and nothing changed, for None."""
+        table = self.measurements_table()
+        if rows is None or table is None:
+            return False
+        fill_table(table, rows)
+        return True
+
     def shutdown(self) -> None:
+        self._measuring.set()
         self.worker.shutdown()

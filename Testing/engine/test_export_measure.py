@@ -140,3 +140,24 @@ def test_measuring_stops_when_cancelled() -> None:
     cancel.set()
     with pytest.raises(Cancelled):
         measure.measure(p.labels, p.ct, cancel=cancel)
+
+
+def test_a_cache_reuses_the_shape_of_unchanged_structures_only(monkeypatch) -> None:
+    p = phantoms.kidney_phantom(size=(64, 48, 40), spacing=(2.5, 2.5, 2.5))
+    cache: dict = {}
+    first = measure.measure(p.labels, p.ct, cache=cache)
+    assert first == measure.measure(p.labels, p.ct) and len(cache) == len(first)
+
+    values = sitk.GetArrayFromImage(p.labels)
+    cyst = np.argwhere(values == 3)
+    values[tuple(cyst[cyst[:, 0] == cyst[:, 0].max()].T)] = 1  # the cyst's top slice becomes kidney (a click's change)
+    edited = sitk.GetImageFromArray(values)
+    edited.CopyInformation(p.labels)
+    measured = []
+    original = measure.shape_metrics
+    monkeypatch.setattr(measure, "shape_metrics", lambda image, box, mask: measured.append(mask.sum()) or original(image, box, mask))
+    second = measure.measure(edited, p.ct, cache=cache)
+    rows = {r["structure"]: r for r in second}
+    assert sorted(measured) == sorted(round(rows[name]["volume_ml"] * 1000 / 2.5**3) for name in ("Renal cyst 1", "Left kidney"))
+    assert len(cache) == len(second)  # the cache holds this call's structures only
+    assert second == measure.measure(edited, p.ct)  # the same rows as without a cache

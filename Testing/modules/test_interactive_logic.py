@@ -230,3 +230,78 @@ def test_undo_stays_in_step_with_no_op_clicks_and_a_shallow_history(refined):
         assert logic.undo()
         np.testing.assert_array_equal(logic.read_kits_labels(), expected)
         np.testing.assert_array_equal(logic._session.labels, expected)
+
+
+def table_rows(table_node) -> dict[str, dict[str, float]]:
+    """A results table as {structure: {column: value}} (the number columns; an empty cell is None)."""
+    table = table_node.GetTable()
+    structures = table.GetColumnByName("Structure")
+
+    def cell(column: str, row: int) -> float | None:
+        value = table.GetColumnByName(column).GetValue(row)
+        return None if np.isnan(value) else value
+
+    numbers = ("Volume", "Max diameter", "Network P")
+    return {structures.GetValue(r): {c: cell(c, r) for c in numbers} for r in range(table.GetNumberOfRows())}
+
+
+def test_the_results_table_follows_the_clicks_with_the_network_probability(scene, oblique_phantom):
+    from RenalSegLib import measure
+
+    values = sitk.GetArrayViewFromImage(oblique_phantom.labels)
+    probability = sitk.GetImageFromArray(np.where(values == labels.CYST, 64, 0).astype(np.uint8))
+    probability.CopyInformation(oblique_phantom.ct)
+    volume_node = io.add_volume_node(scene, oblique_phantom.ct)
+    result = RenalSegLogic(scene, FakeEngine(oblique_phantom.labels, probability)).process(volume_node)
+    logic = InteractiveLogic(scene, FakeSession)
+    try:
+        logic.start(volume_node, result.segmentation_node).result(30)
+        assert logic.measurements_table() is result.table_node
+        before = table_rows(result.table_node)
+        logic.click(left_kidney_point_ras(oblique_phantom), label=labels.TUMOR)  # a new tumor inside the left kidney
+        assert table_rows(result.table_node) == before  # the table changes only when the measurement is applied
+        assert logic.apply_measurements(logic.submit_measurements().result(30))
+
+        after = table_rows(result.table_node)
+        clicked = sitk.GetImageFromArray(logic.read_kits_labels())
+        clicked.CopyInformation(oblique_phantom.ct)
+        expected = {r["structure"]: r for r in measure.measure(clicked, oblique_phantom.ct, lesion_probability=probability)}
+        assert set(after) == set(expected) and set(after) - set(before) == {"Renal tumor 2"}  # the phantom has one already
+        for name, row in expected.items():
+            assert after[name]["Volume"] == pytest.approx(row["volume_ml"], abs=0.05)
+        assert after["Renal tumor 1"]["Network P"] == 0.0 and after["Renal cyst 1"]["Network P"] == 0.64
+        assert after["Left kidney"]["Volume"] < before["Left kidney"]["Volume"]  # the tumor came out of the kidney
+
+        logic.undo()
+        assert logic.apply_measurements(logic.submit_measurements().result(30))
+        assert table_rows(result.table_node) == before
+    finally:
+        logic.shutdown()
+
+
+def test_a_click_cancels_the_measurement_in_flight(refined):
+    import threading
+
+    logic, phantom = refined
+    before = table_rows(logic.measurements_table())
+    gate = threading.Event()
+    logic.worker.submit(gate.wait, 30)  # hold the worker so the measurement is still queued when the click comes
+    measuring = logic.submit_measurements()
+    click = logic.submit_click(left_kidney_point_ras(phantom), label=labels.TUMOR)
+    gate.set()
+    assert measuring.result(30) is None  # it gave way to the click
+    assert not logic.apply_measurements(measuring.result())
+    logic.apply_click(click.result(30))
+    assert table_rows(logic.measurements_table()) == before
+
+
+def test_a_hand_drawn_segmentation_has_no_table_to_refresh(scene, small_phantom):
+    volume_node = io.add_volume_node(scene, small_phantom.ct)
+    segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Drawn")
+    segmentation_node.GetSegmentation().AddEmptySegment("", "Segment_1")
+    logic = InteractiveLogic(scene, FakeSession)
+    try:
+        logic.start(volume_node, segmentation_node).result(30)
+        assert logic.measurements_table() is None and logic.submit_measurements() is None
+    finally:
+        logic.shutdown()
