@@ -77,6 +77,7 @@ class RenalSegParameterNode:
     device: Annotated[str, Choice(["auto", "cpu", "cuda", "mps"])] = "auto"
     fast: bool = False
     mirror: bool = False
+    minLesionProbability: float = 0.0
     exportCoordinates: Annotated[str, Choice(["LPS", "RAS"])] = "LPS"
     exportSmoothing: bool = True
 
@@ -164,7 +165,8 @@ class RenalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     _("This replaces the segments {names} (your edits to them are lost; other segments are kept). "
                       "Continue?").format(names=", ".join(replaced))):
                 return
-            settings = SegmentationSettings(device=self._parameterNode.device, fast=self._parameterNode.fast, mirror=self._parameterNode.mirror)
+            settings = SegmentationSettings(device=self._parameterNode.device, fast=self._parameterNode.fast, mirror=self._parameterNode.mirror,
+                                            min_lesion_probability=self._parameterNode.minLesionProbability)
             # the nodes are fixed now: changing the selectors during the run must not redirect the result
             self._targets = (self._parameterNode.inputVolume, self._parameterNode.outputSegmentation, self._parameterNode.resultsTable)
             self._task = self.logic.start_process(self._targets[0], settings)

@@ -29,7 +29,8 @@ def synthetic_ct(size=(64, 64, 40), spacing=(3.0, 3.0, 4.0)) -> sitk.Image:
     return out
 
 
-def threshold_engine(ct, *, device="auto", fast=False, flip_tta=False, model_path=None, progress=None, cancel=None) -> sitk.Image:
+def threshold_engine(ct, *, device="auto", fast=False, flip_tta=False, min_lesion_probability=0.0, model_path=None, progress=None,
+                     cancel=None) -> sitk.Image:
     """A stand-in engine: kidney where HU > 150, tumor where 90 < HU <= 150 (right for ``synthetic_ct`` only)."""
     if progress:
         progress(0.5, "thresholding")

@@ -14,11 +14,13 @@ class FakeEngine:
         self.lesion_probability = lesion_probability
         self.calls = []
 
-    def __call__(self, ct, *, device="auto", fast=False, flip_tta=False, model_path=None, progress=None, cancel=None):
+    def __call__(self, ct, *, device="auto", fast=False, flip_tta=False, min_lesion_probability=0.0, model_path=None, progress=None,
+                 cancel=None):
         import SimpleITK as sitk
         from RenalSegLib.inference import Cancelled
 
-        self.calls.append(dict(size=ct.GetSize(), origin=ct.GetOrigin(), direction=ct.GetDirection(), device=device, fast=fast, flip_tta=flip_tta))
+        self.calls.append(dict(size=ct.GetSize(), origin=ct.GetOrigin(), direction=ct.GetDirection(), device=device, fast=fast, flip_tta=flip_tta,
+                               min_lesion_probability=min_lesion_probability))
         for step in range(3):
             if cancel is not None and cancel.is_set():
                 raise Cancelled("segmentation cancelled")

@@ -32,6 +32,29 @@ def test_auto_segmentation_through_the_real_engine_keeps_the_volume_grid(scene, 
     assert engine._segmenter.flip_tta  # the mirror is a setting of the loaded segmenter
 
 
+def test_the_minimum_lesion_probability_reaches_auto_segment(scene, oblique_phantom, untrained_model, monkeypatch):
+    from RenalSegLib import inference
+    from RenalSegLib.errors import RenalSegError
+
+    minimums = []
+    original = inference.auto_segment
+
+    def spy(ct, **kwargs):
+        minimums.append(kwargs["min_lesion_probability"])
+        return original(ct, **kwargs)
+
+    monkeypatch.setattr(inference, "auto_segment", spy)
+    volume_node = io.add_volume_node(scene, oblique_phantom.ct)
+    logic = RenalSegLogic(scene, InferenceEngine())
+    for minimum in (0.0, 0.7):
+        logic.process(volume_node, settings=SegmentationSettings(device="cpu", fast=True, min_lesion_probability=minimum,
+                                                                 model_path=str(untrained_model)))
+    assert minimums == [0.0, 0.7]
+    with pytest.raises(RenalSegError, match="0-1"):  # the engine refuses a value outside 0-1, as the CLI does
+        logic.process(volume_node, settings=SegmentationSettings(device="cpu", fast=True, min_lesion_probability=70,
+                                                                 model_path=str(untrained_model)))
+
+
 def test_refinement_through_the_real_session_changes_only_the_crop(scene, small_phantom, untrained_model):
     from module_fakes import FakeEngine
 

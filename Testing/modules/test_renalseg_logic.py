@@ -27,10 +27,12 @@ def test_auto_segmentation_writes_the_four_named_segments_in_the_volume_geometry
     phantom = request.getfixturevalue(grid)
     volume_node = io.add_volume_node(scene, phantom.ct)
     engine = FakeEngine(phantom.labels)
-    result = RenalSegLogic(scene, engine).process(volume_node, settings=SegmentationSettings(device="cpu", fast=True, mirror=True))
+    settings = SegmentationSettings(device="cpu", fast=True, mirror=True, min_lesion_probability=0.7)
+    result = RenalSegLogic(scene, engine).process(volume_node, settings=settings)
 
-    call = engine.calls[0]  # the engine saw the CT with its exact LPS geometry
-    assert call["size"] == phantom.ct.GetSize() and (call["device"], call["fast"], call["flip_tta"]) == ("cpu", True, True)
+    call = engine.calls[0]  # the engine saw the CT with its exact LPS geometry, and every setting
+    assert call["size"] == phantom.ct.GetSize()
+    assert (call["device"], call["fast"], call["flip_tta"], call["min_lesion_probability"]) == ("cpu", True, True, 0.7)
     np.testing.assert_allclose(call["origin"], phantom.ct.GetOrigin(), atol=1e-6)
     np.testing.assert_allclose(call["direction"], phantom.ct.GetDirection(), atol=1e-9)
 
