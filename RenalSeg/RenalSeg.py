@@ -108,6 +108,7 @@ class RenalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentButton.connect("clicked(bool)", self.onSegment)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.exportButton.connect("clicked(bool)", self.onExport)
+        self.ui.exportReportButton.connect("clicked(bool)", self.onExportReport)
         self.ui.updateMeasurementsButton.connect("clicked(bool)", self.onUpdateMeasurements)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -231,6 +232,21 @@ class RenalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                           self._parameterNode.exportSmoothing)
             self.ui.statusLabel.text = _("Exported {count} STL files to {folder}").format(count=len(files), folder=folder)
 
+    def onExportReport(self):
+        segmentation = self._parameterNode.outputSegmentation
+        if segmentation is None:
+            slicer.util.errorDisplay(_("Choose the segmentation to report on."))
+            return
+        target = self.logic.report_folder(segmentation, self.ui.exportFolderButton.directory)
+        if target.is_dir() and any(target.iterdir()) and not slicer.util.confirmOkCancelDisplay(
+                _("{folder} already holds a report; replace its files?").format(folder=target)):
+            return
+        self.ui.statusLabel.text = _("Writing the planning report (a few seconds)...")
+        slicer.app.processEvents()  # show it: the export then runs on the main thread, as its 3D view renders with VTK
+        with slicer.util.tryWithErrorDisplay(_("Report export failed."), waitCursor=True):
+            files = self.logic.export_report(self._parameterNode.inputVolume, segmentation, self.ui.exportFolderButton.directory)
+            self.ui.statusLabel.text = _("Wrote {count} files to {folder}").format(count=len(files), folder=target)
+
 
 class RenalSegTest(ScriptedLoadableModuleTest):
     """Self-test for Slicer: the logic on a synthetic CT with a threshold engine, then the real engine when its model is present."""
@@ -263,6 +279,9 @@ class RenalSegTest(ScriptedLoadableModuleTest):
         with tempfile.TemporaryDirectory() as folder:
             files = logic.export_stl(result.segmentation_node, folder, "LPS")
             self.assertTrue(all(os.path.getsize(f) > 0 for f in files[:3]))
+            report = logic.export_report(volume, result.segmentation_node, folder)
+            self.assertEqual(sorted(f.name for f in report),
+                             ["measurements.csv", "measurements.json", "report.html", "report.pdf", "report.png"])
         self.delayDisplay("Test passed")
 
     def test_real_engine(self):

@@ -28,6 +28,7 @@ from .terminology import TERMINOLOGY_PATH, SegmentStyle, load_segment_styles
 
 Progress = Callable[[float, str], None]
 COORDINATE_SYSTEMS = ("RAS", "LPS")
+REPORT_FORMATS = ("csv", "json", "report")  # ``renalseg export --format``: measurements, RENAL scores, the one-page report
 SMOOTHING_FACTOR = 0.5  # Slicer's default closed-surface smoothing
 
 
@@ -163,23 +164,45 @@ class RenalSegLogic:
         """Measure RenalSeg's segments as they are now (after clicks or Segment Editor edits) into the results
         table (a new one when none is given), with each lesion's network probability when the segmentation has
         its probability volume; returns (table node, measurement rows). Main thread."""
-        from RenalSegLib.labels import kits_labels_from_segments
         from RenalSegLib.measure import measure
-        from RenalSegLib.volume import labels_like
 
-        if volume_node is None or segmentation_node is None:
-            raise ValueError("choose the CT and its segmentation to measure")
-        segmentation = segmentation_node.GetSegmentation()
-        ids = {name: segmentation.GetSegmentIdBySegmentName(name) for name in self.styles}
-        ct = io.volume_to_image(volume_node)
-        kits = labels_like(kits_labels_from_segments(io.read_segment_map(segmentation_node, volume_node, ids)), ct)
-        probability_node = segmentation_node.GetNodeReference(io.PROBABILITY_ROLE)
-        probability = io.volume_to_image(probability_node) if probability_node is not None else None
+        kits, ct, probability = self._current_labels(volume_node, segmentation_node)
         rows = measure(kits, ct, lesion_probability=probability) if sitk.GetArrayViewFromImage(kits).any() else []
         with io.removed_on_failure() as created:
             table_node = self._results_table(volume_node, segmentation_node, table_node, created)
             fill_table(table_node, rows)
         return table_node, rows
+
+    def export_report(self, volume_node, segmentation_node, folder: str | Path, progress: Progress | None = None) -> list[Path]:
+        """Write the planning report of RenalSeg's segments as they are now into ``folder``/"NAME report" (NAME: the
+        segmentation's): the measurements (CSV, and JSON with the RENAL nephrometry score of each tumor) and the one-page
+        report (PNG, PDF, HTML), as ``renalseg export`` writes them, with each lesion's network probability when the
+        segmentation has its probability volume. Returns the files written. Main thread (the report may render with VTK)."""
+        from RenalSegLib.export import export_all
+
+        kits, ct, probability = self._current_labels(volume_node, segmentation_node)
+        return export_all(kits, ct, self.report_folder(segmentation_node, folder), REPORT_FORMATS, progress=progress,
+                          title=f"{volume_node.GetName()}: {segmentation_node.GetName()}", lesion_probability=probability)
+
+    @staticmethod
+    def report_folder(segmentation_node, folder: str | Path) -> Path:
+        """Where ``export_report`` writes: a folder named after the segmentation, beside its STL files."""
+        return Path(folder) / f"{segmentation_node.GetName()} report"
+
+    def _current_labels(self, volume_node, segmentation_node) -> tuple[sitk.Image, sitk.Image, sitk.Image | None]:
+        """RenalSeg's four segments as a KiTS label map on the volume's grid, the CT, and the segmentation's lesion
+        probability map (None without one). Main thread."""
+        from RenalSegLib.labels import kits_labels_from_segments
+        from RenalSegLib.volume import labels_like
+
+        if volume_node is None or segmentation_node is None:
+            raise ValueError("choose the CT and its segmentation")
+        segmentation = segmentation_node.GetSegmentation()
+        ids = {name: segmentation.GetSegmentIdBySegmentName(name) for name in self.styles}
+        ct = io.volume_to_image(volume_node)
+        kits = labels_like(kits_labels_from_segments(io.read_segment_map(segmentation_node, volume_node, ids)), ct)
+        probability_node = segmentation_node.GetNodeReference(io.PROBABILITY_ROLE)
+        return kits, ct, io.volume_to_image(probability_node) if probability_node is not None else None
 
     def _results_table(self, volume_node, segmentation_node, table_node, created: list):
         """``table_node``, or a new results table beside the volume (appended to ``created``), referenced from the

@@ -306,3 +306,33 @@ def test_update_measurements_measures_the_segments_as_edited(scene, small_phanto
     assert after["Renal cyst 1"]["volume_ml"] == pytest.approx(before["Renal cyst 1"]["volume_ml"])
     with pytest.raises(ValueError, match="choose the CT"):
         logic.update_measurements(volume_node, None)
+
+
+def test_planning_report_of_the_segments_as_edited(scene, small_phantom, tmp_path):
+    import csv
+    import json
+
+    values = sitk.GetArrayViewFromImage(small_phantom.labels)
+    probability = sitk.GetImageFromArray(np.where(values == labels.TUMOR, 70, 0).astype(np.uint8))
+    volume_node = io.add_volume_node(scene, small_phantom.ct)
+    logic = RenalSegLogic(scene, FakeEngine(small_phantom.labels, probability))
+    result = logic.process(volume_node)
+    tumor = values == labels.TUMOR
+    kept = tumor.copy()
+    kept[: int(np.median(np.argwhere(tumor)[:, 0]))] = False  # an edit after the auto segmentation
+    io.write_masks(result.segmentation_node, {result.segment_ids["Renal tumor"]: kept}, io.ijk_to_ras(volume_node), None, kept.shape)
+
+    files = logic.export_report(volume_node, result.segmentation_node, tmp_path)
+    folder = tmp_path / f"{result.segmentation_node.GetName()} report"
+    assert sorted(files) == sorted(folder / name for name in ("measurements.csv", "measurements.json", "report.png", "report.pdf",
+                                                              "report.html"))
+    assert all(f.stat().st_size > 0 for f in files)
+    with open(folder / "measurements.csv", newline="") as handle:
+        rows = {row["structure"]: row for row in csv.DictReader(handle)}
+    voxel_ml = np.prod(small_phantom.ct.GetSpacing()) / 1000
+    assert float(rows["Renal tumor 1"]["volume_mL"]) == pytest.approx(kept.sum() * voxel_ml, rel=1e-3)  # as edited
+    assert float(rows["Renal tumor 1"]["network_lesion_probability"]) == pytest.approx(0.70)
+    scores = json.loads((folder / "measurements.json").read_text())["renal_scores"]
+    assert [s["tumor"] for s in scores] == ["Renal tumor 1"] and scores[0]["volume_ml"] == pytest.approx(kept.sum() * voxel_ml)
+    with pytest.raises(ValueError, match="choose the CT"):
+        logic.export_report(None, result.segmentation_node, tmp_path)
