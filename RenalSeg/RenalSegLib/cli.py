@@ -638,7 +638,7 @@ def _run_synth(args: argparse.Namespace) -> int:
         from .outputs import atomic_path
 
         with atomic_path(out / "realism_report.md") as tmp:
-            tmp.write_text(text)
+            tmp.write_text(text, encoding="utf-8")
         print(text)
     return 0
 

@@ -372,5 +372,5 @@ def write_measurements_csv(rows: list[dict], path) -> Path:
     for row in rows:
         writer.writerow([_csv_value(row.get(key)) for key, _ in CSV_COLUMNS])
     with atomic_path(path) as tmp:
-        tmp.write_text(buffer.getvalue())
+        tmp.write_text(buffer.getvalue(), encoding="utf-8")
     return Path(path)

@@ -59,7 +59,7 @@ def write_report(kits_labels: sitk.Image, ct: sitk.Image, out_dir: str | os.Path
 
     plt.close(figure)
     with atomic_path(page) as tmp:
-        tmp.write_text(_html(png, rows, scores, title, renderer_used))
+        tmp.write_text(_html(png, rows, scores, title, renderer_used), encoding="utf-8")  # as its meta tag says, whatever the locale
     return [png, pdf, page]
 
 

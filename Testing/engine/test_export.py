@@ -57,6 +57,19 @@ def test_report_is_one_page_png_and_a_self_contained_html(phantom, tmp_path) -> 
     assert "patient&#x27;s right is on the image left" in text or "patient's right is on the image left" in text
 
 
+def test_text_outputs_are_utf8_whatever_the_locale(phantom, tmp_path) -> None:
+    import locale
+
+    saved = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")  # open()'s default encoding becomes ASCII (on Windows it is cp1252)
+    try:
+        export.export_all(phantom.labels, phantom.ct, tmp_path, formats=["csv", "report"])
+    finally:
+        locale.setlocale(locale.LC_CTYPE, saved)
+    assert "HU mean ± SD" in (tmp_path / "report.html").read_text(encoding="utf-8")  # as its <meta charset="utf-8"> says
+    assert (tmp_path / "measurements.csv").read_text(encoding="utf-8").startswith("structure,")
+
+
 def test_report_page_lists_kidneys_and_largest_lesions_and_sums_the_rest() -> None:
     from RenalSegLib.report import MAX_TABLE_LESIONS, table_rows
 
