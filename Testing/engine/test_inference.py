@@ -148,6 +148,30 @@ def test_postprocess_gives_each_mass_the_class_of_most_of_its_voxels() -> None:
     np.testing.assert_array_equal(np.isin(out, L.LESION_LABELS), np.isin(kits, L.LESION_LABELS))
 
 
+def test_homogeneous_fluid_tumor_masses_become_cysts() -> None:
+    rng = np.random.default_rng(0)
+    kits = np.zeros((30, 40, 80), np.uint8)
+    hu = np.full(kits.shape, -80.0)
+    kits[5:25, 5:35, 2:78], hu[5:25, 5:35, 2:78] = L.KIDNEY, 160.0
+    masses = {  # (label, HU of its voxels): what each 8x8x8 mass holds
+        "fluid tumor": (L.TUMOR, rng.normal(8, 10, (8, 8, 8))),
+        "necrotic tumor": (L.TUMOR, np.where(rng.random((8, 8, 8)) < 0.5, -40.0, 60.0)),  # median 10, SD 50
+        "fat tumor": (L.TUMOR, rng.normal(-80, 10, (8, 8, 8))),
+        "enhancing tumor": (L.TUMOR, rng.normal(120, 10, (8, 8, 8))),
+        "hyperdense cyst": (L.CYST, rng.normal(80, 10, (8, 8, 8))),
+    }
+    for n, (label, values) in enumerate(masses.values()):
+        box = (slice(11, 19), slice(16, 24), slice(4 + 15 * n, 12 + 15 * n))
+        kits[box], hu[box] = label, values
+
+    out = I.fluid_masses_as_cysts(kits, hu)
+    for n, (name, (label, _)) in enumerate(masses.items()):
+        got = out[15, 20, 8 + 15 * n]
+        assert got == (L.CYST if name == "fluid tumor" else label), name
+    np.testing.assert_array_equal(out[kits == L.KIDNEY], L.KIDNEY)  # only masses change
+    assert (out == L.CYST).sum() == (kits == L.CYST).sum() + 8 ** 3
+
+
 def test_postprocess_keeps_the_two_components_with_most_kidney() -> None:
     kits = np.zeros((40, 60, 60), np.uint8)
     kits[5:25, 5:20, 5:20] = L.KIDNEY  # 4500 voxels of 8 uL = 36 mL
