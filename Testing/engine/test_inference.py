@@ -98,7 +98,10 @@ def test_lesion_probability_map_is_the_tumor_plus_cyst_probability_in_percent_on
     lesion = np.isin(reference, L.LESION_LABELS)
     assert lesion.any() and (percent[lesion] == 70).all()
     assert not percent[~lesion].any()  # kidney in the regions, nothing outside them
-    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(result.labels), np.where(lesion, L.TUMOR, reference))  # tumor the likelier
+    # tumor, the likelier class, except the phantom's cyst: homogeneous fluid (5 HU), so a cyst (fluid_masses_as_cysts)
+    expected = np.where(lesion & (sitk.GetArrayViewFromImage(p.ct) > I.FLUID_HU[1]), L.TUMOR, reference)
+    assert (expected == L.CYST).any() and (expected == L.TUMOR).any()
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(result.labels), expected)
 
 
 def test_a_region_seen_as_all_mass_is_no_kidney_and_is_reported(caplog) -> None:
