@@ -149,6 +149,8 @@ class RenalSegInteractiveWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
                 klass = TARGET_CLASSES[self.ui.targetClassComboBox.currentText]
                 if klass != labels.KIDNEY:
                     targets[klass] = segmentation.GetSegmentation().GetSegment(target).GetName()
+            self._measureTimer.stop()
+            self._measuring = None  # a refresh of the previous segmentation's table is dropped (start() cancels it)
             self._sessionReady = self.logic.start(volume, segmentation, targets)  # built on the worker; clicks queue behind it
             self._clickNodes = {positive: self._clickNode(positive) for positive in (True, False)}
             self.ui.positivePlaceWidget.setCurrentNode(self._clickNodes[True])
