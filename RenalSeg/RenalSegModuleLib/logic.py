@@ -22,7 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import segmentation_io as io
-from .results import fill_table
+from .results import fill_table, measure_rows
 from .tasks import BackgroundTask
 from .terminology import TERMINOLOGY_PATH, SegmentStyle, load_segment_styles
 
@@ -164,10 +164,8 @@ class RenalSegLogic:
         """Measure RenalSeg's segments as they are now (after clicks or Segment Editor edits) into the results
         table (a new one when none is given), with each lesion's network probability when the segmentation has
         its probability volume; returns (table node, measurement rows). Main thread."""
-        from RenalSegLib.measure import measure
-
         kits, ct, probability = self._current_labels(volume_node, segmentation_node)
-        rows = measure(kits, ct, lesion_probability=probability) if sitk.GetArrayViewFromImage(kits).any() else []
+        rows = measure_rows(kits, ct, probability)
         with io.removed_on_failure() as created:
             table_node = self._results_table(volume_node, segmentation_node, table_node, created)
             fill_table(table_node, rows)

@@ -5,11 +5,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import SimpleITK as sitk
 
 # (table column, unit, key in a RenalSegLib.measure row, decimals of a number column or None for text)
 COLUMNS = (("Structure", "", "structure", None), ("Volume", "mL", "volume_ml", 1), ("Max diameter", "mm", "max_diameter_mm", 1),
            ("Mean", "HU", "hu_mean", 1), ("Kidney", "", "kidney", None), ("Pole", "", "pole", None),
            ("Network P", "", "lesion_probability", 2))
+
+
+def measure_rows(kits: sitk.Image, ct: sitk.Image, lesion_probability: sitk.Image | None = None, **options) -> list[dict]:
+    """The table's rows for a KiTS label map: ``RenalSegLib.measure.measure`` (``options``: its ``cancel`` and ``cache``),
+    and none for an empty map (no kidney found, or every segment erased), which ``measure`` refuses."""
+    from RenalSegLib.measure import measure
+
+    if not sitk.GetArrayViewFromImage(kits).any():
+        return []
+    return measure(kits, ct, lesion_probability=lesion_probability, **options)
 
 
 def fill_table(table_node, rows: Sequence[dict]) -> None:

@@ -28,7 +28,7 @@ import SimpleITK as sitk
 from RenalSegLib import labels, volume
 from RenalSegLib.errors import Cancelled
 from RenalSegModuleLib import segmentation_io as io
-from RenalSegModuleLib.results import fill_table
+from RenalSegModuleLib.results import fill_table, measure_rows
 from RenalSegModuleLib.tasks import PersistentWorker
 from RenalSegModuleLib.terminology import SegmentStyle, load_segment_styles
 
@@ -335,13 +335,9 @@ class InteractiveLogic:
 
     def _run_measurements(self, ct: sitk.Image, probability: sitk.Image | None, cache: dict,
                           cancel: threading.Event) -> list[dict] | None:
-        from RenalSegLib.measure import measure
-
-        kits = self._session.labels  # the session of this volume: start() queued it on this worker first
-        if not kits.any():
-            return []
+        kits = volume.labels_like(self._session.labels, ct)  # the session of this volume: start() queued it on this worker first
         try:
-            return measure(volume.labels_like(kits, ct), ct, lesion_probability=probability, cancel=cancel, cache=cache)
+            return measure_rows(kits, ct, probability, cancel=cancel, cache=cache)
         except Cancelled:
             return None
 

@@ -336,3 +336,15 @@ def test_planning_report_of_the_segments_as_edited(scene, small_phantom, tmp_pat
     assert [s["tumor"] for s in scores] == ["Renal tumor 1"] and scores[0]["volume_ml"] == pytest.approx(kept.sum() * voxel_ml)
     with pytest.raises(ValueError, match="choose the CT"):
         logic.export_report(None, result.segmentation_node, tmp_path)
+
+
+def test_update_measurements_after_every_segment_is_erased_gives_an_empty_table(scene, small_phantom):
+    volume_node = io.add_volume_node(scene, small_phantom.ct)
+    logic = RenalSegLogic(scene, FakeEngine(small_phantom.labels))
+    result = logic.process(volume_node)
+    assert result.table_node.GetNumberOfRows() == 4
+    empty = np.zeros(tuple(reversed(small_phantom.ct.GetSize())), bool)
+    io.write_masks(result.segmentation_node, {segment_id: empty for segment_id in result.segment_ids.values()},
+                   io.ijk_to_ras(volume_node), None, empty.shape)
+    table, rows = logic.update_measurements(volume_node, result.segmentation_node, result.table_node)
+    assert rows == [] and table is result.table_node and table.GetNumberOfRows() == 0
