@@ -291,7 +291,7 @@ def _run_train(args: argparse.Namespace) -> int:
         )
         print(f"checkpoint: {T.fit(options)}")
     else:
-        card = json.loads(Path(args.card).read_text())
+        card = json.loads(Path(args.card).read_text(encoding="utf-8"))
         print(f"model: {T.bundle(Path(args.coarse), [Path(f) for f in args.fine], Path(args.output), card)}")
     return 0
 
@@ -478,7 +478,7 @@ def _run_interactive_evaluation(args: argparse.Namespace) -> int:
         print(f"click latency ({method}, {len(seconds)} clicks): median {np.median(seconds):.3f} s, p95 {np.percentile(seconds, 95):.3f} s")
     if args.json:
         with atomic_path(args.json) as tmp:
-            tmp.write_text(json.dumps(result, indent=2, default=float))
+            tmp.write_text(json.dumps(result, indent=2, default=float), encoding="utf-8")
         print(f"results: {args.json}")
     return 0
 
@@ -598,11 +598,11 @@ def _run_synth(args: argparse.Namespace) -> int:
     histology = {}
     if args.kits_json:
         try:
-            histology = {entry["case_id"]: entry.get("tumor_histologic_subtype") for entry in json.loads(Path(args.kits_json).read_text())}
+            histology = {entry["case_id"]: entry.get("tumor_histologic_subtype") for entry in json.loads(Path(args.kits_json).read_text(encoding="utf-8"))}
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise RenalSegError(f"{args.kits_json}: not a readable kits23.json ({exc})") from None
     statistics = []
-    with open(out / "parameters.jsonl", "a") as log_file:
+    with open(out / "parameters.jsonl", "a", encoding="utf-8") as log_file:
         for index in tqdm(range(count), desc="synthesising", unit="volume"):
             path = files[index % len(files)]
             seed = args.seed + index

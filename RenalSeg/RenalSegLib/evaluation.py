@@ -318,7 +318,7 @@ def write_csv(rows: Sequence[dict], path: str | os.PathLike, summary: dict | Non
     mean["false_positive_lesions"] = summary["false_positives_per_case"]
     path = Path(path)
     with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as stream:
+        with open(tmp, "w", newline="", encoding="utf-8") as stream:
             writer = csv.DictWriter(stream, fieldnames=fields)
             writer.writeheader()
             writer.writerows(rows)

@@ -133,7 +133,7 @@ def _write_all(kits_labels, ct, staging: Path, formats, coords, smooth, decimate
                     "(see docs/nephrometry.md).",
         }
         with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(document, indent=2, default=float))
+            tmp.write_text(json.dumps(document, indent=2, default=float), encoding="utf-8")
         written.append(path)
     if "report" in formats:
         step("report")

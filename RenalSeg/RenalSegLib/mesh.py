@@ -266,8 +266,8 @@ def _write_obj(surface, path: Path, coords: str, segment: Segment) -> Path:
         if not writer.Write():
             raise RenalSegError(f"{path}: could not write the OBJ file")
         # Slicer reads the coordinate system of an OBJ from a "SPACE=" comment; vtk's writer has no header option.
-        text = tmp.read_text()
-        tmp.write_text(f"# RenalSeg {segment.name}, SPACE={coords}, units mm\n{text}")
+        text = tmp.read_text(encoding="utf-8")
+        tmp.write_text(f"# RenalSeg {segment.name}, SPACE={coords}, units mm\n{text}", encoding="utf-8")
     return path
 
 
@@ -330,7 +330,7 @@ def write_obj_with_materials(surfaces: list[tuple[Segment, object]], path: str |
         lines += [f"f {a} {b} {c}" for a, b, c in triangles + offset]
         offset += len(points)
     with atomic_path(mtl_path) as tmp:
-        tmp.write_text("\n".join(materials))
+        tmp.write_text("\n".join(materials), encoding="utf-8")
     with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return [path, mtl_path]

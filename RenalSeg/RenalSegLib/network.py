@@ -116,7 +116,7 @@ def save_model(path: str | os.PathLike, networks: dict[str, tuple[Any, NetworkCo
     card["sha256"] = sha256(path)
     card["networks"] = {name: {"config": payload[name]["config"], "parameters": count_parameters(module)} for name, (module, _) in networks.items()}
     with atomic_path(model_card_path(path)) as tmp:
-        tmp.write_text(json.dumps(card, indent=2) + "\n")
+        tmp.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     return path
 
 
@@ -193,7 +193,7 @@ def read_model_card(model_path: str | os.PathLike) -> dict:
     card = model_card_path(model_path)
     if not card.is_file():
         raise RenalSegError(f"{card}: model card not found")
-    return json.loads(card.read_text())
+    return json.loads(card.read_text(encoding="utf-8"))
 
 
 def default_model_path() -> Path:

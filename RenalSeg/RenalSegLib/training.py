@@ -346,13 +346,13 @@ def fit(options: FitOptions) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)  # only once the weights are known to load
     use_bf16 = options.bf16 and (device.type == "cuda" or bf16_supported())
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
-    (run_dir / "options.json").write_text(json.dumps(asdict(options), indent=2))
+    (run_dir / "options.json").write_text(json.dumps(asdict(options), indent=2), encoding="utf-8")
     log.info("training %s: %d parameters, bf16=%s, device=%s", options.stage, count_parameters(model), use_bf16, device)
     patches = CachePatches(Path(options.cache_dir), config, options.seed + 1000 * step + rank, set(options.validation_cases), options.lesion_patch_ratios)
     stream = batches(patches, options.batch_size, options.loader_workers)
     clicker = ClickRounds(options) if options.stage == "fine" and options.click_rate > 0 else None
     rng = np.random.default_rng(options.seed + step)
-    log_file = (run_dir / "log.jsonl").open("a")
+    log_file = (run_dir / "log.jsonl").open("a", encoding="utf-8")
     started, losses = time.time(), []
     model.train()
     run_started = time.time() - elapsed
@@ -425,7 +425,7 @@ def _check_same_held_out_cases(options: FitOptions) -> None:
     """A resumed run must hold out the cases it held out before, or validation cases leak into training."""
     saved = Path(options.run_dir) / "options.json"
     if (Path(options.run_dir) / "last.pt").is_file() and saved.is_file():
-        before = set(json.loads(saved.read_text()).get("validation_cases", []))
+        before = set(json.loads(saved.read_text(encoding="utf-8")).get("validation_cases", []))
         if before != set(options.validation_cases):
             raise RenalSegError(f"{options.run_dir} was trained holding out {len(before)} validation case(s), this run holds out "
                                 f"{len(options.validation_cases)}: resume it with the same --labels")

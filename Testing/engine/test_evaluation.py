@@ -234,6 +234,22 @@ def test_cli_prints_the_table_and_writes_the_csv(folders, tmp_path, capsys):
     assert float(rows[2]["dice_tumor"]) == pytest.approx((1.0 + 2 * 24 / 72) / 2)
 
 
+def test_the_csv_is_utf8_whatever_the_locale(folders, tmp_path):
+    """Case names come from file names, which need not be ASCII; the CSV is UTF-8 even where open()'s default is not."""
+    import locale
+
+    rows = evaluation.evaluate_folders(*folders, progress=False)
+    rows[0]["case"] = "fall_müller_腎"
+    saved = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")  # open()'s default encoding becomes ASCII (on Windows it is cp1252)
+    try:
+        evaluation.write_csv(rows, tmp_path / "metrics.csv")
+    finally:
+        locale.setlocale(locale.LC_CTYPE, saved)
+    with open(tmp_path / "metrics.csv", encoding="utf-8") as stream:
+        assert [row["case"] for row in csv.DictReader(stream)] == ["fall_müller_腎", "case_00001", "mean"]
+
+
 def test_cli_reports_a_missing_pair_with_exit_code_2(folders, capsys):
     pred_dir, ref_dir = folders
     (ref_dir / "case_00001.nii.gz").unlink()
