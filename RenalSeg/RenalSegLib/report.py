@@ -341,8 +341,16 @@ def _score_panel(axis, scores: list[dict]) -> None:
         else:
             cells.append([f"{key}  {COMPONENT_NAMES[key]}", str(component.get("points", component.get("descriptor"))), component["measurement"]])
     cells.append(["Total (R+E+N+L)", str(first["total"]) if first["total"] else "n/a", "4-6 low, 7-9 moderate, 10-12 high complexity"])
-    table = axis.table(cellText=cells, colLabels=["Component", "Points", "Measurement behind it"], cellLoc="left", colLoc="left",
-                       colWidths=[0.24, 0.07, 0.69], bbox=[0.0, 0.0, 0.62, 0.86])
+    _table(axis, cells, ["Component", "Points", "Measurement behind it"], [0.0, 0.0, 0.62, 0.86], [0.24, 0.07, 0.69])
+    notes = ["Notes:"] + [f"- {n}" for n in first["notes"]]
+    notes += [f"- {s['tumor']} ({(s['kidney'] or 'no kidney').lower()}): RENAL {s['score'] or 'incomplete'}" for s in scores[1:4]]
+    notes += ["- Renal sinus approximated from the kidney outline (no", "  collecting-system label); see the HTML report."]
+    axis.text(0.635, 0.86, "\n".join(_wrap(n) for n in notes), fontsize=9, va="top", color="#333333", linespacing=1.35)
+
+
+def _table(axis, cells: list[list[str]], header: list[str], bbox: list[float], widths: list[float]):
+    """A left-aligned matplotlib table in the report's style (grey rules, bold header on grey)."""
+    table = axis.table(cellText=cells, colLabels=header, cellLoc="left", colLoc="left", bbox=bbox, colWidths=widths)
     table.auto_set_font_size(False)
     table.set_fontsize(9.5)
     for (r, _), cell in table.get_celld().items():
@@ -350,10 +358,7 @@ def _score_panel(axis, scores: list[dict]) -> None:
         if r == 0:
             cell.set_facecolor("#e8e8e8")
             cell.set_text_props(weight="bold")
-    notes = ["Notes:"] + [f"- {n}" for n in first["notes"]]
-    notes += [f"- {s['tumor']} ({(s['kidney'] or 'no kidney').lower()}): RENAL {s['score'] or 'incomplete'}" for s in scores[1:4]]
-    notes += ["- Renal sinus approximated from the kidney outline (no", "  collecting-system label); see the HTML report."]
-    axis.text(0.635, 0.86, "\n".join(_wrap(n) for n in notes), fontsize=9, va="top", color="#333333", linespacing=1.35)
+    return table
 
 
 def _wrap(text: str, width: int = 62) -> str:
@@ -402,17 +407,9 @@ def _measurement_table(axis, rows: list[dict], anatomy: Anatomy) -> None:
     if not cells:
         return
     height = 0.078 * (len(cells) + 1)  # fixed row height: a short table is not stretched over the panel
-    table = axis.table(cellText=cells, colLabels=header, cellLoc="left", colLoc="left", bbox=[0.0, 0.87 - height, 1.0, height],
-                       colWidths=widths)
-    table.auto_set_font_size(False)
-    table.set_fontsize(9.5)
-    for (r, c), cell in table.get_celld().items():
-        cell.set_edgecolor("#cccccc")
-        if r == 0:
-            cell.set_facecolor("#e8e8e8")
-            cell.set_text_props(weight="bold")
-        elif c == 0:
-            cell.set_facecolor((*colours[r - 1], 0.45))
+    table = _table(axis, cells, header, [0.0, 0.87 - height, 1.0, height], widths)
+    for r, colour in enumerate(colours, start=1):  # the structure column in its segment's colour
+        table[r, 0].set_facecolor((*colour, 0.45))
     ignored = anatomy.ignored_lesion_voxels
     if ignored:
         axis.text(0.0, 0.02, f"{ignored} lesion voxels in fragments under 0.02 mL were not counted as lesions.", fontsize=8.5, color="#444444")
