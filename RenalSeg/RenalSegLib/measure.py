@@ -86,13 +86,14 @@ def check_inputs(kits_labels: sitk.Image, ct: sitk.Image | None) -> None:
     array = sitk.GetArrayViewFromImage(kits_labels)
     # An integer map's minimum and maximum tell whether it holds only 0-3 (a pass each, ~10x faster than
     # counting the values of a CT-size map); the values themselves are listed only to say what is wrong.
-    if np.issubdtype(array.dtype, np.integer) and L.BACKGROUND <= array.min() and array.max() <= L.CYST:
+    highest = array.max()
+    if np.issubdtype(array.dtype, np.integer) and L.BACKGROUND <= array.min() and highest <= L.CYST:
         unknown = []
     else:
         unknown = sorted(set(np.unique(array).tolist()) - {L.BACKGROUND, L.KIDNEY, L.TUMOR, L.CYST})
     if unknown:
         raise RenalSegError(f"the label map holds values {unknown}; a KiTS label map holds 0 background, 1 kidney, 2 tumor, 3 cyst")
-    if array.max() == L.BACKGROUND:
+    if highest == L.BACKGROUND:
         raise RenalSegError("the label map is empty (no kidney, tumor or cyst voxels): nothing to export")
     if ct is not None and not volume.same_geometry(kits_labels, ct, tolerance=1e-3):
         raise RenalSegError(
