@@ -443,7 +443,6 @@ def _unwrap(model):
 
 
 def _save_checkpoint(path: Path, model, config: NetworkConfig, optimizer, step: int, elapsed_s: float) -> None:
-
     from .network import config_dict
 
     tmp = path.with_name(".partial-" + path.name)
@@ -551,7 +550,6 @@ class ClickRounds:
         self.options = options
 
     def add_clicks(self, model, x, targets: np.ndarray, autocast, rng: np.random.Generator):
-
         from .clicksim import next_click
         from .guidance import METHODS, encode_clicks
 
