@@ -2,7 +2,7 @@
 
 Each network is exported to ONNX once and run by OpenVINO's CPU runtime. On such a CPU (2 cores of an AMD
 EPYC with AVX2) OpenVINO runs a 64^3 fine window in 0.27 s against ONNX Runtime's 0.52 s (used before) and
-the PyTorch module's 0.62 s (the same day), and a 48x64x48 one in 0.15 s against 0.31 s; its logits differ
+the PyTorch module's 0.42 s (an earlier day), and a 48x64x48 one in 0.15 s against 0.31 s; its logits differ
 from ONNX Runtime's by at most 1e-3. Exporting a network (``torch.onnx.export``, dynamo exporter) takes about
 30 s for the bundled model, so each export is cached on disk, keyed by the network's weights, config and the
 torch version: a machine pays it once per model. The ONNX graph accepts any batch and spatial size the network

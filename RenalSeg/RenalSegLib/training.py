@@ -443,6 +443,7 @@ def _unwrap(model):
 
 
 def _save_checkpoint(path: Path, model, config: NetworkConfig, optimizer, step: int, elapsed_s: float) -> None:
+
     from .network import config_dict
 
     tmp = path.with_name(".partial-" + path.name)
@@ -550,6 +551,7 @@ class ClickRounds:
         self.options = options
 
     def add_clicks(self, model, x, targets: np.ndarray, autocast, rng: np.random.Generator):
+
         from .clicksim import next_click
         from .guidance import METHODS, encode_clicks
 
