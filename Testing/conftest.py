@@ -17,7 +17,7 @@ REAL_CT = SHARED_DATA / "real_ct" / "dicom_series"
 
 @pytest.fixture(scope="session", autouse=True)
 def onnx_export_cache(tmp_path_factory):
-    """Networks exported to ONNX for OpenVINO (CPUs without bf16) go to one folder per test session, not the user's cache."""
+    """Networks exported for ONNX Runtime (CPUs without bf16) go to one folder per test session, not the user's cache."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RENALSEG_CACHE", str(tmp_path_factory.mktemp("onnx_cache")))
         yield

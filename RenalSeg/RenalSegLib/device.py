@@ -55,7 +55,7 @@ def describe_devices() -> dict[str, str]:
         "CUDA available": str(torch.cuda.is_available()),
         "CPU threads": str(torch.get_num_threads()),
         "auto device": str(resolve_device("auto")),
-        "CPU inference": "bf16 autocast" if bf16_supported() else "float32, networks run by OpenVINO",
+        "CPU inference": "bf16 autocast" if bf16_supported() else "float32, networks run by ONNX Runtime",
     }
     if torch.cuda.is_available():
         report["GPU"] = torch.cuda.get_device_name(0)

@@ -91,9 +91,8 @@ class Segmenter:
         # trained with (on 6 held-out synthetic cases, masses Dice 0.62 with 64^3 windows, 0.45 with 96^3).
         window = [min(p, _round_up(s, minimum_input_multiple(config))) for p, s in zip(config.patch_size, image.shape)]
 
-        # One window per call on a CPU: more per call are no faster, in eager mode, through ONNX Runtime (2-core
-        # AVX2, 18 fine windows of 64^3: 5.7 s either way) or OpenVINO (a 64^3 window 0.27 s alone, 0.34 s in
-        # pairs), and hold less memory.
+        # One window per call on a CPU: two per call are no faster, in eager mode or through ONNX Runtime
+        # (2-core AVX2, 18 fine windows of 64^3: 5.7 s either way), and hold less memory.
         per_call = 1 if self.device.type == "cpu" else 2
 
         def windows(inputs):

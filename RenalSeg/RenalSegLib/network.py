@@ -138,7 +138,7 @@ def load_model(
 ) -> dict[str, tuple[Any, NetworkConfig]]:
     """Load every network in a model file, in eval mode, float32, on ``device`` (None: CPU): {name: (network, config)}.
 
-    ``onnx`` (None: on a CPU without native bf16; never on a GPU) runs each network through OpenVINO
+    ``onnx`` (None: on a CPU without native bf16; never on a GPU) runs each network through ONNX Runtime
     (``onnx_cpu.for_cpu``, which calls ``notify(message)`` before a first-time export); otherwise the
     networks stay PyTorch modules, channels-last.
     """

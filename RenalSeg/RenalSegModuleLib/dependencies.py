@@ -15,7 +15,7 @@ from packaging.requirements import Requirement
 
 REQUIREMENTS_PATH = Path(__file__).resolve().parents[1] / "Resources" / "requirements.txt"
 TORCH_REQUIREMENT = "torch>=2.2"
-DOWNLOAD_SIZES = "PyTorch about 250 MB (CPU) or 2.5 GB (NVIDIA GPU build), MONAI, OpenVINO and helpers about 150 MB"
+DOWNLOAD_SIZES = "PyTorch about 250 MB (CPU) or 2.5 GB (NVIDIA GPU build), MONAI, ONNX Runtime and helpers about 100 MB"
 
 
 def read_requirements(path: str | Path = REQUIREMENTS_PATH) -> list[Requirement]:

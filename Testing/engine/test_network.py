@@ -88,7 +88,7 @@ def test_tiny_network_overfits_one_phantom_case() -> None:
 
 
 def test_onnx_cpu_network_computes_what_the_module_does_at_any_input_size_and_is_exported_once(tmp_path: Path, monkeypatch) -> None:
-    """The ONNX network OpenVINO runs for float32 CPU inference: exported on a small input, it gives the module's
+    """The ONNX Runtime network used for float32 CPU inference: exported on a small input, it gives the module's
     outputs for other sizes and batches, is cached by its weights (an export, not a cached load, is announced),
     and load_model uses it on CPUs without native bf16 (or when asked)."""
     from RenalSegLib import device, onnx_cpu
