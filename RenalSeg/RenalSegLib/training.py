@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-import torch
 
 from . import labels as L
 from .device import bf16_supported
@@ -221,26 +220,19 @@ class CachePatches:
             yield {"image": np.asarray(sample["image"], np.float32), "label": np.asarray(sample["label"], np.int64)}
 
 
-class PatchStream(torch.utils.data.IterableDataset):
-    """``CachePatches`` as a DataLoader's dataset: each worker process samples its own random stream."""
-
-    def __init__(self, patches: CachePatches) -> None:
-        self.patches = patches
-
-    def __iter__(self) -> Iterator[dict]:
-        info = torch.utils.data.get_worker_info()
-        if info is not None:
-            self.patches.seed += 7919 * info.id
-        return iter(self.patches)
-
-
 def batches(patches: CachePatches, batch_size: int, workers: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Endless (images, labels) batches; ``workers`` > 0 samples patches in background processes so that
-    cropping and augmentation overlap the training step instead of adding to it. The workers are spawned, not
-    forked: a fork copies a process whose runtimes' thread pools (OpenMP, OpenVINO's TBB) are in use, which can
-    crash (it did in the test suite once OpenVINO had run in the same process)."""
-    loader = torch.utils.data.DataLoader(PatchStream(patches), batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0,
-                                         multiprocessing_context="spawn" if workers > 0 else None)
+    cropping and augmentation overlap the training step instead of adding to it."""
+    import torch
+
+    class _Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            info = torch.utils.data.get_worker_info()
+            if info is not None:
+                patches.seed += 7919 * info.id  # each worker its own random stream
+            return iter(patches)
+
+    loader = torch.utils.data.DataLoader(_Stream(), batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0)
     for batch in loader:
         yield batch["image"].numpy(), batch["label"].numpy()
 
@@ -310,6 +302,7 @@ def fit(options: FitOptions) -> Path:
     _check_counts(options)
     _check_same_held_out_cases(options)
     _check_per_class_values(options)
+    import torch
     from monai.losses import DiceCELoss
 
     from .network import build_network, count_parameters
@@ -443,6 +436,7 @@ def _unwrap(model):
 
 
 def _save_checkpoint(path: Path, model, config: NetworkConfig, optimizer, step: int, elapsed_s: float) -> None:
+    import torch
 
     from .network import config_dict
 
@@ -457,6 +451,7 @@ def _keep_if_best(path: Path, model, config: NetworkConfig, step: int, scores: d
 
     A best.pt scored by the earlier rule (mean region Dice, no ``score`` among its figures) is not comparable
     and is replaced."""
+    import torch
 
     if path.is_file():
         saved = torch.load(path, map_location="cpu", weights_only=True)
@@ -468,6 +463,7 @@ def _keep_if_best(path: Path, model, config: NetworkConfig, step: int, scores: d
 
 def _save_weights(path: Path, model, config: NetworkConfig, step: int, **extra) -> None:
     """Weights and network config only (no optimizer state): what ``train bundle`` reads, a quarter of last.pt."""
+    import torch
 
     from .network import config_dict
 
@@ -499,6 +495,7 @@ def validate(model, config: NetworkConfig, cache_dir: Path, names: list[str], au
     ``score``, which picks best.pt, is the mean of the region Dice and, for the fine stage, the lesion F1
     (recall of 1 mL lesions with precision): Dice alone kept checkpoints that found fewer lesions.
     """
+    import torch
     from monai.inferers import sliding_window_inference
 
     from .evaluation import dice as region_dice, lesion_detection, padded_box
@@ -551,6 +548,7 @@ class ClickRounds:
         self.options = options
 
     def add_clicks(self, model, x, targets: np.ndarray, autocast, rng: np.random.Generator):
+        import torch
 
         from .clicksim import next_click
         from .guidance import METHODS, encode_clicks
@@ -618,6 +616,7 @@ def _not_fitting(path: Path, stage: str) -> RenalSegError:
 
 def _widened(state: dict, target: dict) -> dict:
     """``state`` with each tensor that has fewer input channels (dim 1) than ``target``'s zero-padded to fit."""
+    import torch
 
     out = dict(state)
     for key, tensor in state.items():
@@ -646,6 +645,7 @@ def averaged_from_checkpoints(checkpoints: Sequence[Path], stage: str):
     mean of state dicts: ``torch.optim.swa_utils.AveragedModel`` averages one model's trajectory step by step.
     The networks must share one configuration.
     """
+    import torch
 
     module, config = train_from_checkpoint(checkpoints[0], stage)
     states = [module.state_dict()]
