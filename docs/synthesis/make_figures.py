@@ -133,8 +133,9 @@ def main() -> None:
         result = synthesize(read_labels(path), 100 + n, SynthesisConfig(domain_randomization_rate=0.0), (1.5, 1.5, 1.5))
         statistics.append(case_statistics(result))
     real = roi_statistics(read_volume(REAL_CT)) if REAL_CT.is_dir() else None
-    (HERE / "realism_report.md").write_text(realism_report(statistics, real), encoding="utf-8")
-    print((HERE / "realism_report.md").read_text(encoding="utf-8"))
+    report = realism_report(statistics, real)
+    (HERE / "realism_report.md").write_text(report, encoding="utf-8")
+    print(report)
 
 
 if __name__ == "__main__":
