@@ -52,6 +52,12 @@ _RADIUS_PER_EXTENT = 1.5  # mask radius / apparent radius of the clicked structu
 _FACES = ndimage.generate_binary_structure(3, 1)  # face connectivity: no leaking through diagonal contacts
 
 
+def check_method(method: str) -> None:
+    """Raise ``RenalSegError`` unless ``method`` is a click encoding (``METHODS``)."""
+    if method not in METHODS:
+        raise RenalSegError(f"unknown guidance method {method!r}; use one of {', '.join(METHODS)}")
+
+
 def encode_clicks(
     image: np.ndarray,
     clicks: Sequence[Click],
@@ -65,8 +71,7 @@ def encode_clicks(
     Channel 0 holds the positive clicks, channel 1 the negative ones; several clicks of one sign
     combine by their maximum. No clicks gives zeros. A click outside the crop raises ``RenalSegError``.
     """
-    if method not in METHODS:
-        raise RenalSegError(f"unknown guidance method {method!r}; use one of {', '.join(METHODS)}")
+    check_method(method)
     if image.ndim != 3:
         raise ValueError(f"expected a 3D (k, j, i) image, got shape {image.shape}")
     spacing = np.asarray(spacing, dtype=np.float64)

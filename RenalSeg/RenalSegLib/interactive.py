@@ -24,17 +24,22 @@ import SimpleITK as sitk
 
 from . import labels as L
 from .errors import RenalSegError
-from .guidance import CLICK_DEFAULT
+from .guidance import CLICK_DEFAULT, check_method
 from .inference import MASS_SHARE, Segmenter, decide_labels
 from .network import MEMORY_CHANNEL
 from .preprocess import grid_for_image, grid_for_region, index_box_covering, normalize_ct, resample_onto
 from .volume import index_to_physical, physical_to_index
 
 Box = tuple[slice, slice, slice]
-# Crop extents in voxels of the 1.5 mm grid, each seen as one 64^3 window: 96 mm at 1.5 mm, 144 mm at 2.25 mm.
-# No 192 mm / 3 mm level: at 3 mm the network sees masses that are not there (on 10 held-out synthetic cases,
-# 3 clicks in 100 grew 100-300 mL false tumor and halved kidney-and-masses Dice).
-CROP_EXTENTS = (64, 96)  # grown while the clicked lesion touches the border
+# Crop extents in voxels of the 1.5 mm grid, per click encoding, each seen as one network window of at most the
+# training patch (64^3): 72 and 96 mm at 1.5 mm, 144 mm at 2.25 mm; grown while the clicked lesion touches the
+# border. Chosen on 14 training-split synthetic cases (docs/accuracy.md, "The first click crop"): with Gaussian
+# clicks a 72 mm first crop (a third of the compute of a 64^3 pass) raised tumor Dice after 5 and 10 clicks and
+# lowered NoC@85 and NoC@90; with adaptive masks it left 4 of the 19 lesions missed in auto mode still missed
+# after one click each (none from 96 mm). A 48 mm first crop has too little context (on 10 held-out cases
+# NoC@85 2.5 -> 9.0). No 192 mm / 3 mm level: at 3 mm the network sees masses that are not there (on 10
+# held-out synthetic cases, 3 clicks in 100 grew 100-300 mL false tumor and halved kidney-and-masses Dice).
+CROP_EXTENTS = {"gaussian": (48, 64, 96), "adaptive": (64, 96)}
 CROP_MARGIN_MM = 10.0  # context kept around a labelled mass when choosing the first crop
 # A negative click erases the whole structure under it when the network drops at least this share of the class
 # clicked in it (the labelled class under the click: a false lesion; see _merge_clicked_structure). On 14
@@ -86,6 +91,8 @@ class RefinementSession:
         self._initial = self.labels.copy()
         self.locked_labels = set(locked_labels)
         self.guidance = guidance or CLICK_DEFAULT
+        check_method(self.guidance)
+        self._extents = CROP_EXTENTS[self.guidance]
         self.clicks: list[Click] = []
         self.click_seconds: list[float] = []  # wall time of each add_click, click to merged labels
         self._undo: list[_Change] = []
@@ -161,19 +168,19 @@ class RefinementSession:
     def _refine_around(self, click: Click) -> tuple[Box, np.ndarray]:
         """Run the network on growing crops around ``click`` until the clicked lesion fits inside, then merge.
 
-        Every crop is one network window (the training patch size): the grown crop is seen at a coarser
-        spacing (96 mm at 1.5 mm, 144 mm at 2.25 mm), so a forward pass costs the same whatever the
+        Every crop is one network window of at most the training patch size: the largest crop is seen at a
+        coarser spacing (144 mm at 2.25 mm), so a forward pass costs at most one 64^3 window whatever the
         lesion's size. A click on a mass already labelled starts at the crop that holds it, so it usually
         needs one pass; only a positive click grows the crop, centred on the lesion the first one found.
         """
         centre, first = self._first_crop(click)
-        for extent in CROP_EXTENTS[first:]:
+        for extent in self._extents[first:]:
             start, stop = self._crop_box(centre, extent)
             image, guidance, grid = self._network_input(start, stop)
             probabilities = self._predict_crop(image, guidance, grid)
             seen = decide_labels(probabilities)
             lesion = _component_at(seen, _voxel_of(grid, click.point_lps))
-            if not click.positive or lesion is None or not _touches_border(lesion) or extent == CROP_EXTENTS[-1]:
+            if not click.positive or lesion is None or not _touches_border(lesion) or extent == self._extents[-1]:
                 break
             # Centre the next crop on the lesion (the click stays inside: it lies within the lesion's box).
             hit = np.argwhere(lesion)
@@ -182,7 +189,7 @@ class RefinementSession:
         return self._to_ct(grid, probabilities, seen, click)
 
     def _first_crop(self, click: Click) -> tuple[np.ndarray, int]:
-        """Centre ((k, j, i) of the 1.5 mm grid) and index into CROP_EXTENTS of a click's first crop.
+        """Centre ((k, j, i) of the 1.5 mm grid) and index into the encoding's CROP_EXTENTS of a click's first crop.
 
         On a mass of the current labels: the smallest crop holding that mass with a margin, centred on
         it. Elsewhere (a missed lesion): the smallest crop, centred on the click.
@@ -192,15 +199,16 @@ class RefinementSession:
         if self.labels[tuple(np.clip(voxel, 0, np.array(self.labels.shape) - 1))] not in L.LESION_LABELS:
             return centre, 0
         spacing = np.array(self.ct.GetSpacing()[::-1])
-        reach = np.ceil(CROP_EXTENTS[-1] * self._grid.GetSpacing()[0] / 2 / spacing).astype(int)
+        extents = self._extents
+        reach = np.ceil(extents[-1] * self._grid.GetSpacing()[0] / 2 / spacing).astype(int)
         low = np.clip(voxel - reach, 0, None)
         lesion = _component_at(self.labels[tuple(slice(int(a), int(b)) for a, b in zip(low, voxel + reach + 1))], voxel - low)
         hit = np.argwhere(lesion)
         first, last = hit.min(0) + low, hit.max(0) + low
         size_mm = float(np.max((last - first + 1) * spacing)) + 2 * CROP_MARGIN_MM
-        fits = [n for n, extent in enumerate(CROP_EXTENTS) if extent * self._grid.GetSpacing()[0] >= size_mm]
+        fits = [n for n, extent in enumerate(extents) if extent * self._grid.GetSpacing()[0] >= size_mm]
         middle = self.ct.TransformContinuousIndexToPhysicalPoint(((first + last) / 2.0)[::-1].tolist())
-        return _voxel_of(self._grid, middle), (fits[0] if fits else len(CROP_EXTENTS) - 1)
+        return _voxel_of(self._grid, middle), (fits[0] if fits else len(extents) - 1)
 
     def _crop_box(self, centre: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
         shape = np.array(self._image.shape)

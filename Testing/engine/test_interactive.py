@@ -29,7 +29,7 @@ def segmenter() -> Segmenter:
 
 @pytest.fixture
 def phantom() -> phantoms.Phantom:
-    # 1.2 mm voxels over 240 mm: the 64-voxel (96 mm) crop is a strict part of the image.
+    # 1.2 mm voxels over 240 x 240 x 180 mm: every crop (72 to 144 mm) is a strict part of the image.
     return phantoms.kidney_phantom(size=(200, 200, 60), spacing=(1.2, 1.2, 3.0), direction=phantoms.oblique_direction(10.0), noise_hu=5)
 
 
@@ -110,6 +110,20 @@ def test_real_network_click_runs_on_a_crop_only(segmenter, phantom) -> None:
     outside[box] = False
     np.testing.assert_array_equal(session.labels[outside], start_labels[outside])
     assert all(s.stop - s.start < n for s, n in zip(box[1:], start_labels.shape[1:]))
+
+
+@pytest.mark.parametrize(("method", "first_mm"), [("gaussian", 72), ("adaptive", 96)])
+def test_a_click_on_a_small_missed_tumor_takes_one_pass_of_its_encodings_first_crop(segmenter, phantom, method, first_mm) -> None:
+    session = RefinementSession(phantom.ct, _without_tumor(phantom), segmenter=segmenter, guidance=method)
+    oracle = _Oracle(session, phantom)
+    session._predict_crop = oracle
+    session.add_click(_tumor_centre_lps(phantom), positive=True)  # a 24 mm tumor: fits the first crop
+    assert oracle.shapes == [(round(first_mm / session._grid.GetSpacing()[0]),) * 3]
+
+
+def test_an_unknown_click_encoding_is_a_clear_error(segmenter, phantom) -> None:
+    with pytest.raises(RenalSegError, match="unknown guidance method"):
+        RefinementSession(phantom.ct, sitk.GetArrayFromImage(phantom.labels), segmenter=segmenter, guidance="sphere")
 
 
 def test_click_outside_the_image_is_a_clear_error(segmenter, phantom) -> None:
@@ -291,7 +305,7 @@ def test_positive_click_adds_mass_only_over_the_clicked_tissue(segmenter, phanto
 
 
 def test_large_lesion_grows_the_crop_with_one_network_window_per_pass(segmenter, phantom) -> None:
-    """A missed 120 mm tumor, wider than the first 96 mm crop: the crop grows; the click adds the tumor
+    """A missed 120 mm tumor, wider than the first crops (72 and 96 mm): the crop grows; the click adds the tumor
     within its reach (the adaptive mask's 40 mm cap) and nothing outside the tumor."""
     from RenalSegLib.guidance import MAX_RADIUS_MM
 
