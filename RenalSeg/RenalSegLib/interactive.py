@@ -82,6 +82,8 @@ class RefinementSession:
         locked_labels=(),
         guidance: str | None = None,
     ):
+        self.guidance = guidance or CLICK_DEFAULT
+        check_method(self.guidance)  # before the model loads
         self.ct = ct
         self.segmenter = segmenter or Segmenter.load(model_path, device)
         array = sitk.GetArrayFromImage(labels) if isinstance(labels, sitk.Image) else np.array(labels, np.uint8)
@@ -90,8 +92,6 @@ class RefinementSession:
         self.labels = array.astype(np.uint8)
         self._initial = self.labels.copy()
         self.locked_labels = set(locked_labels)
-        self.guidance = guidance or CLICK_DEFAULT
-        check_method(self.guidance)
         self._extents = CROP_EXTENTS[self.guidance]
         self.clicks: list[Click] = []
         self.click_seconds: list[float] = []  # wall time of each add_click, click to merged labels
