@@ -242,6 +242,8 @@ def _add_train(sub) -> None:
     fit.add_argument("--memory-channel", action="store_true", help="fine stage: a 4th input channel with the current mass mask (interaction memory); --init may name a 3-channel model")
     fit.add_argument("--architecture", choices=ARCHITECTURES, default="dynunet",
                      help="network: the default nnU-Net-style DynUNet, or the V-Net with channel and spatial attention, to compare them on the same data")
+    fit.add_argument("--patch-size", type=int, default=0, metavar="N",
+                     help="edge of the cubic training patch in voxels, a multiple of 16 (default: 64); inference windows follow it")
     fit.add_argument("--lesion-patch-ratios", type=_per_class, metavar="B,K,T,C",
                      help="fine stage: how often a patch is centred on background, kidney, tumor, cyst (default: the bundled model's recipe)")
     fit.add_argument("--class-weights", type=_per_class, metavar="B,K,T,C",
@@ -286,7 +288,7 @@ def _run_train(args: argparse.Namespace) -> int:
             validation_cases=validation, click_rate=args.click_rate, guidance_method=args.guidance, validate_every=args.validate_every,
             snapshot_every=args.snapshot_every,
             seed=args.seed, init_weights=args.init or "", bf16=not args.no_bf16, memory_channel=args.memory_channel,
-            architecture=args.architecture, compile=args.compile,
+            architecture=args.architecture, compile=args.compile, patch_size=args.patch_size,
             **per_class,
         )
         print(f"checkpoint: {T.fit(options)}")

@@ -28,7 +28,7 @@ import SimpleITK as sitk
 from . import labels as L
 from .device import bf16_supported
 from .errors import RenalSegError
-from .network import FINE_IN_CHANNELS, MEMORY_CHANNEL, NetworkConfig
+from .network import FINE_IN_CHANNELS, MEMORY_CHANNEL, NetworkConfig, minimum_input_multiple
 from .preprocess import LEFT_RIGHT_AXIS, grid_for_region, normalize_ct, resample_onto
 from .volume import read_labels, read_volume
 
@@ -267,12 +267,18 @@ class FitOptions:
     threads: int = 0  # 0: torch default
     loader_workers: int = 1  # background patch-sampling processes (0: sample in the training process)
     compile: bool = False  # torch.compile the training forward pass: about a minute of compiling, then faster steps
+    patch_size: int = 0  # edge of the cubic training patch in voxels (0: the stage's); inference windows follow it
 
 
-def stage_config(stage: str, memory_channel: bool = False, architecture: str = "dynunet") -> NetworkConfig:
+def stage_config(stage: str, memory_channel: bool = False, architecture: str = "dynunet", patch_size: int = 0) -> NetworkConfig:
     """The network config a run of ``stage`` trains: the stage's grid, filters and patch with ``architecture``
-    (``network.ARCHITECTURES``); ``memory_channel`` adds the fine stage's mass-mask input."""
+    (``network.ARCHITECTURES``); ``memory_channel`` adds the fine stage's mass-mask input; ``patch_size``
+    (voxels, > 0) replaces the stage's cubic patch, which also sets the inference windows."""
     config = replace(STAGES[stage], architecture=architecture)
+    if patch_size:
+        if patch_size % minimum_input_multiple(config):
+            raise RenalSegError(f"the patch size must be a multiple of {minimum_input_multiple(config)} voxels, got {patch_size}")
+        config = replace(config, patch_size=(patch_size,) * 3)
     if memory_channel:
         if stage != "fine":
             raise RenalSegError("the memory channel (current mass mask) is an input of the fine stage only")
@@ -315,7 +321,7 @@ def fit(options: FitOptions) -> Path:
     if options.threads:
         torch.set_num_threads(options.threads)
     torch.manual_seed(options.seed + rank)
-    config = stage_config(options.stage, options.memory_channel, options.architecture)
+    config = stage_config(options.stage, options.memory_channel, options.architecture, options.patch_size)
     # channels-last 3D lets oneDNN (CPU) and cuDNN pick their fastest convolution kernels (~25 % per step here).
     model = build_network(config).to(device, memory_format=torch.channels_last_3d)
     if distributed:
@@ -334,8 +340,9 @@ def fit(options: FitOptions) -> Path:
         state = torch.load(checkpoint, map_location=device, weights_only=True)
         theirs = NetworkConfig.from_dict(state["config"]) if "config" in state else config
         if theirs != config:
-            raise RenalSegError(f"{checkpoint} trains a {theirs.architecture} network with {theirs.in_channels} input channels, this run a "
-                                f"{config.architecture} with {config.in_channels}: resume it with the same --memory-channel and --architecture")
+            raise RenalSegError(f"{checkpoint} trains a {theirs.architecture} network with {theirs.in_channels} input channels on "
+                                f"{theirs.patch_size[0]}^3 patches, this run a {config.architecture} with {config.in_channels} on "
+                                f"{config.patch_size[0]}^3: resume it with the same --memory-channel, --architecture and --patch-size")
         _unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, elapsed = int(state["step"]), float(state.get("elapsed_s", 0.0))
@@ -587,7 +594,8 @@ def stage_weights(path: Path, stage: str) -> tuple[dict, NetworkConfig]:
         state, config = float_weights(payload[stage]["state_dict"]), NetworkConfig.from_dict(payload[stage]["config"])
     else:
         raise RenalSegError(f"{path}: model file has no {stage} stage (it has: {', '.join(payload)})")
-    if replace(config, in_channels=STAGES[stage].in_channels, architecture=STAGES[stage].architecture) != STAGES[stage]:
+    default = STAGES[stage]
+    if replace(config, in_channels=default.in_channels, architecture=default.architecture, patch_size=default.patch_size) != default:
         raise _not_fitting(path, stage)
     return state, config
 

@@ -247,7 +247,7 @@ def test_memory_channel_run_starts_from_a_3_channel_model_unchanged(synthetic_ca
     torch.testing.assert_close(filled, before)  # the new input starts at zero weight (lr 0: still there)
     with pytest.raises(RenalSegError, match="fine stage only"):
         T.stage_config("coarse", memory_channel=True)
-    with pytest.raises(RenalSegError, match="dynunet network with 4 input channels, this run a dynunet with 3: resume it with the same --memory-channel"):
+    with pytest.raises(RenalSegError, match=r"dynunet network with 4 input channels on 32\^3 patches, this run a dynunet with 3 on 32\^3: resume it with the same --memory-channel"):
         T.fit(replace(options, run_dir=str(tmp_path / "b"), steps=2))  # resumed without --memory-channel
 
 
@@ -310,6 +310,25 @@ def test_validation_covers_every_held_out_case_and_scores_lesions_found_and_inve
                       "false_positives_per_volume": 1.0, "score": 0.25}
 
 
+def test_a_run_on_larger_patches_starts_from_a_model_file_and_keeps_its_patch_size(synthetic_cache: Path, tmp_path: Path) -> None:
+    """--patch-size: fine-tuning a model file of the stage's patch on larger cubes; the run and its checkpoints
+    keep the new size (inference windows follow it), a resume with another size and a size the network cannot
+    halve down to its bottleneck are refused, the latter before anything is written."""
+    options = T.FitOptions(stage="fine", cache_dir=str(synthetic_cache), run_dir=str(tmp_path / "a"), steps=1, warmup_steps=1,
+                           loader_workers=0, bf16=False)
+    model_file = save_model(tmp_path / "model.pt", {"fine": T.train_from_checkpoint(T.fit(options), "fine")}, card={})
+    larger = replace(options, run_dir=str(tmp_path / "b"), patch_size=48, init_weights=str(model_file))
+    _, config = T.train_from_checkpoint(T.fit(larger), "fine")
+    assert config == replace(TINY_FINE, patch_size=(48, 48, 48))
+    images, _ = next(T.batches(T.CachePatches(synthetic_cache, config, seed=0), batch_size=1, workers=0))
+    assert images.shape[2:] == (48, 48, 48)
+    with pytest.raises(RenalSegError, match=r"on 48\^3 patches, this run a dynunet with 3 on 32\^3: .* --patch-size"):
+        T.fit(replace(larger, patch_size=0, steps=2))
+    with pytest.raises(RenalSegError, match="must be a multiple of 8 voxels, got 36"):
+        T.fit(replace(options, run_dir=str(tmp_path / "c"), patch_size=36))
+    assert not (tmp_path / "c").exists()
+
+
 def test_the_attention_vnet_trains_on_the_same_stage_and_bundles_as_itself(synthetic_cache: Path, tmp_path: Path) -> None:
     """--architecture vnet_attention: the stage's grid, filters and patch with the other network; a run keeps its
     architecture, and an unknown one is refused before anything is written."""
@@ -328,7 +347,7 @@ def test_the_attention_vnet_trains_on_the_same_stage_and_bundles_as_itself(synth
     assert not (tmp_path / "u").exists()
 
 
-def test_train_fit_command_passes_per_class_values_architecture_snapshots_compile_and_refuses_malformed_values(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_train_fit_command_passes_per_class_values_architecture_snapshots_compile_patch_size_and_refuses_malformed_values(tmp_path: Path, monkeypatch, capsys) -> None:
     from RenalSegLib import cli
 
     seen = []
@@ -343,6 +362,8 @@ def test_train_fit_command_passes_per_class_values_architecture_snapshots_compil
     assert (seen[0].snapshot_every, seen[3].snapshot_every) == (0, 500)
     assert cli.main([*base, "--compile"]) == 0
     assert (seen[0].compile, seen[4].compile) == (False, True)
+    assert cli.main([*base, "--patch-size", "80"]) == 0
+    assert (seen[0].patch_size, seen[5].patch_size) == (0, 80)
     with pytest.raises(SystemExit) as exit_:
         cli.main([*base, "--class-weights", "1,3"])
     assert exit_.value.code == 2 and "4 comma-separated numbers" in capsys.readouterr().err
