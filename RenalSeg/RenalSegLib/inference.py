@@ -28,7 +28,7 @@ from .volume import labels_like
 log = logging.getLogger(__name__)
 
 Progress = Callable[[float, str], None]
-KIDNEY_MARGIN_MM = 20.0  # context added around each coarse kidney region before the fine stage
+KIDNEY_MARGIN_MM = 20.0  # context added around each coarse kidney region before the fine stage (40: far worse)
 MIN_KIDNEY_ML = 15.0  # coarse components smaller than this are not kidneys
 # A kept kidney-and-masses component needs this much kidney tissue. The 791 kidneys of the 400 KiTS23
 # label maps hold at least 45 mL each, even beside a large tumor (84 mL beside 2.6 L); a "kidney" of a few
