@@ -276,8 +276,8 @@ def stage_config(stage: str, memory_channel: bool = False, architecture: str = "
     (voxels, > 0) replaces the stage's cubic patch, which also sets the inference windows."""
     config = replace(STAGES[stage], architecture=architecture)
     if patch_size:
-        if patch_size % minimum_input_multiple(config):
-            raise RenalSegError(f"the patch size must be a multiple of {minimum_input_multiple(config)} voxels, got {patch_size}")
+        if patch_size < 0 or patch_size % minimum_input_multiple(config):
+            raise RenalSegError(f"the patch size must be a positive multiple of {minimum_input_multiple(config)} voxels, got {patch_size}")
         config = replace(config, patch_size=(patch_size,) * 3)
     if memory_channel:
         if stage != "fine":

@@ -324,8 +324,9 @@ def test_a_run_on_larger_patches_starts_from_a_model_file_and_keeps_its_patch_si
     assert images.shape[2:] == (48, 48, 48)
     with pytest.raises(RenalSegError, match=r"on 48\^3 patches, this run a dynunet with 3 on 32\^3: .* --patch-size"):
         T.fit(replace(larger, patch_size=0, steps=2))
-    with pytest.raises(RenalSegError, match="must be a multiple of 8 voxels, got 36"):
-        T.fit(replace(options, run_dir=str(tmp_path / "c"), patch_size=36))
+    for size in (36, -8):
+        with pytest.raises(RenalSegError, match=f"must be a positive multiple of 8 voxels, got {size}"):
+            T.fit(replace(options, run_dir=str(tmp_path / "c"), patch_size=size))
     assert not (tmp_path / "c").exists()
 
 
