@@ -308,6 +308,7 @@ def fit(options: FitOptions) -> Path:
     _check_counts(options)
     _check_same_held_out_cases(options)
     _check_per_class_values(options)
+    config = stage_config(options.stage, options.memory_channel, options.architecture, options.patch_size)  # refused before a process group starts
     import torch
     from monai.losses import DiceCELoss
 
@@ -321,7 +322,6 @@ def fit(options: FitOptions) -> Path:
     if options.threads:
         torch.set_num_threads(options.threads)
     torch.manual_seed(options.seed + rank)
-    config = stage_config(options.stage, options.memory_channel, options.architecture, options.patch_size)
     # channels-last 3D lets oneDNN (CPU) and cuDNN pick their fastest convolution kernels (~25 % per step here).
     model = build_network(config).to(device, memory_format=torch.channels_last_3d)
     if distributed:
