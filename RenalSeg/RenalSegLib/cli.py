@@ -414,11 +414,14 @@ def _add_evaluate(sub) -> None:
         "evaluate",
         help="KiTS metrics of predicted label maps against references: Dice, surface Dice, lesion detection",
         description="Pairs files by case name (extension ignored) and prints per-case and mean Dice and surface Dice "
-        "for the KiTS regions (kidney+masses, masses, tumor) and lesion recall (all lesions, and those of at least 1 mL, also by class), precision and false positives.",
+        "for the KiTS regions (kidney+masses, masses, tumor) and lesion recall (all lesions, and those of at least 1 mL, also by class), precision and false positives, "
+        "with 95%% bootstrap intervals of the means.",
     )
     parser.add_argument("pred_dir", metavar="PRED_DIR", type=Path, help="folder of predicted KiTS label maps")
     parser.add_argument("ref_dir", metavar="REF_DIR", type=Path, help="folder of reference KiTS label maps, same case names")
     parser.add_argument("--csv", metavar="OUT", type=Path, help="also write the per-case metrics and the means to this CSV file")
+    parser.add_argument("--baseline", metavar="BASE_DIR", type=Path,
+                        help="also score the predictions in BASE_DIR (same case names) and print the differences with paired 95 %% bootstrap intervals")
     parser.add_argument("--interactive", metavar="CT_DIR", type=Path,
                         help="also run the simulated-click protocol (1..10 clicks, NoC@85/90, missed-lesion clicks) starting from "
                         "PRED_DIR's auto segmentations, with the CTs of the same case names in CT_DIR, for adaptive and gaussian guidance")
@@ -430,15 +433,20 @@ def _add_evaluate(sub) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_folders, format_table, summarize, write_csv
+    from .evaluation import confidence_intervals, evaluate_folders, format_comparison, format_table, summarize, write_csv
 
     if args.interactive:
+        if args.baseline:
+            raise RenalSegError("--baseline compares auto segmentations; it does not apply to --interactive")
         return _run_interactive_evaluation(args)
     rows = evaluate_folders(args.pred_dir, args.ref_dir)
     summary = summarize(rows)
-    print(format_table(rows, summary))
+    print(format_table(rows, summary, confidence_intervals(rows)))
     if args.csv:
         print(f"metrics: {write_csv(rows, args.csv, summary)}")
+    if args.baseline:
+        baseline = evaluate_folders(args.baseline, args.ref_dir)
+        print(format_comparison(summary, summarize(baseline), confidence_intervals(rows, baseline), str(args.baseline)))
     return 0
 
 

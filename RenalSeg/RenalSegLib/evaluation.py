@@ -6,6 +6,8 @@ only one is. Surface Dice uses MONAI's ``compute_surface_dice`` with sub-voxel s
 DeepMind's ``surface_distance`` used by KiTS (checked to 1e-7 on anisotropic spheres). Lesions are the
 26-connected components of the masses {tumor, cyst}: a reference lesion is found when any predicted
 lesion voxel overlaps it; a predicted lesion that overlaps no reference lesion is a false positive.
+``confidence_intervals`` gives each summary figure a case-bootstrap interval, or the interval of its difference
+from another set of predictions of the same cases (paired).
 
 The interactive protocol (``click_protocol`` / ``interactive_evaluation``) works with any model: it
 takes a ``refine(clicks) -> prediction`` callable and plays a simulated user (``clicksim``)::
@@ -281,6 +283,76 @@ def summarize(rows: Sequence[dict]) -> dict:
     return summary
 
 
+# --- uncertainty of the summary: case bootstrap ----------------------------------------------------
+
+def _mean(values, axis=-1):
+    return np.mean(values, axis=axis)
+
+
+def _pooled(part, whole, axis=-1):
+    with np.errstate(invalid="ignore", divide="ignore"):  # a resample without lesions has no recall: NaN
+        return np.sum(part, axis=axis) / np.sum(whole, axis=axis)
+
+
+def _precision(predicted, false_positive, axis=-1):
+    return _pooled(np.subtract(predicted, false_positive), predicted, axis)
+
+
+# Each summary figure as a function of per-case columns, so that cases can be resampled.
+SUMMARY_FIGURES: dict[str, tuple[tuple[str, ...], Callable]] = {
+    **{f"{metric}_{hec}": ((f"{metric}_{hec}",), _mean) for hec in HEC_NAMES for metric in ("dice", "surface_dice")},
+    "lesion_recall": (("lesions_found", "lesions_reference"), _pooled),
+    "lesion_recall_1ml": (("lesions_found_1ml", "lesions_reference_1ml"), _pooled),
+    "lesion_precision": (("lesions_predicted", "false_positive_lesions"), _precision),
+    "false_positives_per_case": (("false_positive_lesions",), _mean),
+}
+BOOTSTRAP_RESAMPLES = 2000
+CONFIDENCE = 0.95
+
+
+def confidence_intervals(rows: Sequence[dict], baseline: Sequence[dict] | None = None,
+                         resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """95 % percentile-bootstrap intervals of the ``summarize`` figures in ``SUMMARY_FIGURES``, cases resampled
+    with replacement (``scipy.stats.bootstrap``, seeded: the same rows give the same intervals).
+
+    With ``baseline`` (rows of the same cases from other predictions) the intervals are of the differences
+    rows - baseline, paired: each resample draws the same cases from both, so a model that is better on every
+    case shows it even when the cases differ widely among themselves.
+    """
+    from scipy.stats import DegenerateDataWarning, bootstrap
+
+    if baseline is not None and [r["case"] for r in rows] != [r["case"] for r in baseline]:
+        raise RenalSegError("the two sets of predictions must hold the same cases to be compared case by case")
+    if not rows:
+        raise RenalSegError("no cases to resample")
+    rng = np.random.default_rng(seed)
+    intervals = {}
+    for key, (columns, figure) in SUMMARY_FIGURES.items():
+        data = [np.array([row[c] for row in rows], float) for c in columns]
+        if baseline is None:
+            statistic = figure
+        else:
+            data += [np.array([row[c] for row in baseline], float) for c in columns]
+
+            def statistic(*arrays, axis=-1, figure=figure, n=len(columns)):
+                return figure(*arrays[:n], axis=axis) - figure(*arrays[n:], axis=axis)
+        if len(rows) == 1:  # nothing to resample
+            value = float(statistic(*[d[None] for d in data])[0])
+            intervals[key] = (value, value)
+            continue
+        with warnings.catch_warnings():
+            # A figure is undefined on a resample without lesions (recall) or predictions (precision): the
+            # percentiles are taken over the other resamples (NaN when there are none).
+            warnings.simplefilter("ignore", DegenerateDataWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            distribution = bootstrap(data, statistic, n_resamples=resamples, paired=True, vectorized=True,
+                                     method="percentile", random_state=rng).bootstrap_distribution
+            low, high = np.nanpercentile(distribution, [50 * (1 - CONFIDENCE), 100 - 50 * (1 - CONFIDENCE)])
+        intervals[key] = (float(low), float(high))
+    return intervals
+
+
+_SUMMARY_KEY = {"false_positive_lesions": "false_positives_per_case"}  # a table column's figure in the summary
 _TABLE_COLUMNS = (
     [(f"dice_{hec}", f"Dice {short}") for hec, short in zip(HEC_NAMES, ("kid+mass", "masses", "tumor"))]
     + [(f"surface_dice_{hec}", f"SD {short}") for hec, short in zip(HEC_NAMES, ("kid+mass", "masses", "tumor"))]
@@ -288,11 +360,13 @@ _TABLE_COLUMNS = (
 )
 
 
-def format_table(rows: Sequence[dict], summary: dict | None = None) -> str:
-    """A plain-text table: one line per case and a final line of means (pooled lesion figures), then the
-    recall of the lesions of at least ``COUNTED_LESION_ML`` by class."""
+def format_table(rows: Sequence[dict], summary: dict | None = None, intervals: dict | None = None) -> str:
+    """A plain-text table: one line per case and a final line of means (pooled lesion figures), with
+    ``intervals`` (``confidence_intervals``) a line of their bounds, then the recall of the lesions of at
+    least ``COUNTED_LESION_ML`` by class."""
     summary = summarize(rows) if summary is None else summary
-    width = max([len("mean")] + [len(str(row["case"])) for row in rows])
+    interval_title = f"{CONFIDENCE:.0%} CI"
+    width = max([len(interval_title)] + [len(str(row["case"])) for row in rows])
     header = f"{'case':{width}s} " + " ".join(f"{title:>12s}" for _, title in _TABLE_COLUMNS)
     lines = [header, "-" * len(header)]
     mean = dict(summary, case="mean", false_positive_lesions=summary["false_positives_per_case"])
@@ -304,8 +378,26 @@ def format_table(rows: Sequence[dict], summary: dict | None = None) -> str:
         if row is mean:
             lines.append("-" * len(header))
         lines.append(f"{str(row['case']):{width}s} " + " ".join(cells))
+    if intervals is not None:
+        bounds = (intervals[_SUMMARY_KEY.get(key, key)] for key, _ in _TABLE_COLUMNS)
+        lines.append(f"{interval_title:{width}s} " + " ".join(f"{f'{low:.3f}-{high:.3f}':>12s}" for low, high in bounds))
     by_class = (f"{summary[f'{kind}s_found_1ml']} of {summary[f'{kind}s_reference_1ml']} {kind}s ({summary[f'{kind}_recall_1ml']:.2f})" for kind in ("tumor", "cyst"))
     lines.append(f"lesions of at least {COUNTED_LESION_ML:g} mL found: " + ", ".join(by_class))
+    return "\n".join(lines)
+
+
+def format_comparison(summary: dict, baseline_summary: dict, intervals: dict, baseline_name: str) -> str:
+    """A plain-text table of each summary figure, its baseline's, their difference and the difference's paired
+    interval (``confidence_intervals(rows, baseline)``); ``*`` marks an interval that leaves out 0."""
+    lines = [f"against {baseline_name} (same {summary['cases']} cases; {CONFIDENCE:.0%} intervals of the difference, paired bootstrap):",
+             f"{'figure':14s} {'this':>8s} {'baseline':>8s} {'difference':>10s}   interval"]
+    titles = dict(_TABLE_COLUMNS, false_positive_lesions="FP / case")
+    for key, title in titles.items():
+        key = _SUMMARY_KEY.get(key, key)
+        low, high = intervals[key]
+        mark = " *" if low > 0 or high < 0 else ""
+        lines.append(f"{title:14s} {summary[key]:8.4f} {baseline_summary[key]:8.4f} {summary[key] - baseline_summary[key]:+10.4f}   "
+                     f"{low:+.4f} to {high:+.4f}{mark}")
     return "\n".join(lines)
 
 

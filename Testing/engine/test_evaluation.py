@@ -167,6 +167,56 @@ def test_summarizing_a_row_without_the_one_millilitre_counts_names_what_it_lacks
         evaluation.summarize([row])
 
 
+def _summary_rows(dice_tumor: list[float], found: list[int], reference: list[int]) -> list[dict]:
+    """Rows with the columns the summary figures are computed from (``SUMMARY_FIGURES``), one per case."""
+    columns = {c for cs, _ in evaluation.SUMMARY_FIGURES.values() for c in cs}
+    rows = []
+    for n, (d, f, r) in enumerate(zip(dice_tumor, found, reference)):
+        row = dict.fromkeys(columns, 1.0)
+        row.update(case=f"case_{n:05d}", dice_tumor=d, lesions_found=f, lesions_reference=r, lesions_found_1ml=f,
+                   lesions_reference_1ml=r, lesions_predicted=f + 1, false_positive_lesions=1)
+        rows.append(row)
+    return rows
+
+
+def test_bootstrap_intervals_bracket_the_mean_and_collapse_where_cases_agree():
+    rows = _summary_rows([0.0, 0.2, 0.5, 0.7, 0.9, 0.95, 0.3, 0.8], [0, 1, 1, 2, 1, 1, 0, 3], [1, 1, 2, 2, 1, 1, 1, 3])
+    intervals = evaluation.confidence_intervals(rows)
+    low, high = intervals["dice_tumor"]
+    mean = np.mean([row["dice_tumor"] for row in rows])
+    assert low < mean < high and high - low > 0.2  # eight cases this spread: a wide interval
+    low, high = intervals["lesion_recall"]
+    assert low < 9 / 12 < high  # pooled: found / reference over the resampled cases
+    assert intervals["dice_kidney_and_masses"] == (1.0, 1.0)  # every case 1.0: nothing to be unsure of
+    assert intervals["false_positives_per_case"] == (1.0, 1.0)
+    assert evaluation.confidence_intervals(rows) == intervals  # seeded
+    assert evaluation.confidence_intervals(rows[:1])["dice_tumor"] == (0.0, 0.0)  # one case: nothing to resample
+    assert evaluation.confidence_intervals(rows, seed=1)["dice_tumor"] != intervals["dice_tumor"]
+
+
+def test_a_comparison_resamples_the_same_cases_from_both_sets():
+    base = _summary_rows([0.0, 0.2, 0.5, 0.7, 0.9, 0.3, 0.8, 0.4], [0, 1, 1, 1, 1, 0, 1, 1], [1, 1, 1, 1, 1, 1, 1, 1])
+    better = [dict(row, dice_tumor=row["dice_tumor"] + 0.05, lesions_found=1) for row in base]
+    paired = evaluation.confidence_intervals(better, base)
+    assert paired["dice_tumor"] == pytest.approx((0.05, 0.05))  # better on every case by 0.05, however the cases differ
+    low, high = paired["lesion_recall"]
+    assert low == 0 and high > 0  # finds the two lesions the baseline missed (a resample may hold neither), never fewer
+    alone_low, alone_high = evaluation.confidence_intervals(better)["dice_tumor"]
+    assert alone_high - alone_low > 0.3  # each set alone is far less certain than the difference
+    table = evaluation.format_comparison(evaluation.summarize(_with_counts(better)), evaluation.summarize(_with_counts(base)), paired, "base")
+    line = next(line for line in table.splitlines() if line.startswith("Dice tumor"))
+    assert line.split()[2:] == ["0.5250", "0.4750", "+0.0500", "+0.0500", "to", "+0.0500", "*"]
+    assert not next(line for line in table.splitlines() if line.startswith("Dice kid+mass")).endswith("*")  # no difference
+    with pytest.raises(RenalSegError, match="same cases"):
+        evaluation.confidence_intervals(better[1:], base[:-1])
+
+
+def _with_counts(rows: list[dict]) -> list[dict]:
+    """Summary rows completed with the per-class lesion counts ``summarize`` also wants."""
+    counts = ("tumors_reference_1ml", "tumors_found_1ml", "cysts_reference_1ml", "cysts_found_1ml")
+    return [dict(row, **dict.fromkeys(counts, 0)) for row in rows]
+
+
 def _write(array: np.ndarray, path, spacing=(2.0, 2.0, 3.0)):
     image = sitk.GetImageFromArray(array.astype(np.uint8))
     image.SetSpacing(spacing)
@@ -197,6 +247,14 @@ def test_folders_pair_files_by_case_name_and_read_spacing_from_the_reference(fol
     assert rows[0]["dice_tumor"] == 1.0
     assert rows[1]["dice_tumor"] == pytest.approx(2 * 24 / (24 + 48))
     assert rows[1]["dice_kidney_and_masses"] == 1.0
+
+
+def test_the_table_shows_the_intervals_under_the_means(folders):
+    rows = evaluation.evaluate_folders(*folders, progress=False)  # tumor Dice 1.0 and 2/3, kidney + masses 1.0 twice
+    intervals = evaluation.confidence_intervals(rows)
+    assert intervals["dice_tumor"] == pytest.approx((2 * 24 / 72, 1.0))
+    last = evaluation.format_table(rows, intervals=intervals).splitlines()[-2]
+    assert last.split()[:5] == ["95%", "CI", "1.000-1.000", "0.667-1.000", "0.667-1.000"]
 
 
 def test_a_missing_pair_is_a_clear_error(folders):
@@ -232,6 +290,28 @@ def test_cli_prints_the_table_and_writes_the_csv(folders, tmp_path, capsys):
         rows = list(csv.DictReader(stream))
     assert [row["case"] for row in rows] == ["case_00000", "case_00001", "mean"]
     assert float(rows[2]["dice_tumor"]) == pytest.approx((1.0 + 2 * 24 / 72) / 2)
+    assert "95% CI" in printed
+
+
+def test_cli_compares_with_a_baseline_case_by_case(folders, tmp_path, capsys):
+    pred_dir, ref_dir = folders
+    base_dir = tmp_path / "base"
+    base_dir.mkdir()
+    for path in pred_dir.iterdir():  # the baseline: no tumor found at all
+        image = sitk.ReadImage(str(path))
+        array = sitk.GetArrayFromImage(image)
+        array[array == TUMOR] = KIDNEY
+        _write(array, base_dir / path.name)
+    assert main(["evaluate", str(pred_dir), str(ref_dir), "--baseline", str(base_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert f"against {base_dir} (same 2 cases" in printed
+    line = next(line for line in printed.splitlines() if line.startswith("Dice tumor"))
+    assert line.split()[2:5] == [f"{(1.0 + 2 * 24 / 72) / 2:.4f}", "0.0000", f"+{(1.0 + 2 * 24 / 72) / 2:.4f}"]
+    assert line.endswith("*")  # better on both cases
+    assert main(["evaluate", str(pred_dir), str(ref_dir), "--baseline", str(base_dir), "--interactive", str(tmp_path)]) == 2
+    assert "does not apply to --interactive" in capsys.readouterr().err
+    (base_dir / "case_00000.nii.gz").unlink()
+    assert main(["evaluate", str(pred_dir), str(ref_dir), "--baseline", str(base_dir)]) == 2
 
 
 def test_the_csv_is_utf8_whatever_the_locale(folders, tmp_path):
