@@ -319,8 +319,6 @@ def confidence_intervals(rows: Sequence[dict], baseline: Sequence[dict] | None =
     rows - baseline, paired: each resample draws the same cases from both, so a model that is better on every
     case shows it even when the cases differ widely among themselves.
     """
-    from scipy.stats import DegenerateDataWarning, bootstrap
-
     if baseline is not None and [r["case"] for r in rows] != [r["case"] for r in baseline]:
         raise RenalSegError("the two sets of predictions must hold the same cases to be compared case by case")
     if not rows:
@@ -336,20 +334,28 @@ def confidence_intervals(rows: Sequence[dict], baseline: Sequence[dict] | None =
 
             def statistic(*arrays, axis=-1, figure=figure, n=len(columns)):
                 return figure(*arrays[:n], axis=axis) - figure(*arrays[n:], axis=axis)
-        if len(rows) == 1:  # nothing to resample
-            value = float(statistic(*[d[None] for d in data])[0])
-            intervals[key] = (value, value)
-            continue
-        with warnings.catch_warnings():
-            # A figure is undefined on a resample without lesions (recall) or predictions (precision): the
-            # percentiles are taken over the other resamples (NaN when there are none).
-            warnings.simplefilter("ignore", DegenerateDataWarning)
-            warnings.simplefilter("ignore", RuntimeWarning)
-            distribution = bootstrap(data, statistic, n_resamples=resamples, paired=True, vectorized=True,
-                                     method="percentile", random_state=rng).bootstrap_distribution
-            low, high = np.nanpercentile(distribution, [50 * (1 - CONFIDENCE), 100 - 50 * (1 - CONFIDENCE)])
-        intervals[key] = (float(low), float(high))
+        intervals[key] = bootstrap_interval(data, statistic, rng, resamples)
     return intervals
+
+
+def bootstrap_interval(data: Sequence[np.ndarray], statistic: Callable, rng: np.random.Generator,
+                       resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float]:
+    """``CONFIDENCE`` percentile-bootstrap interval of ``statistic(*data, axis=-1)``, the arrays' cases (one per
+    element) resampled together; one case gives the value itself as both bounds."""
+    from scipy.stats import DegenerateDataWarning, bootstrap
+
+    if len(data[0]) == 1:  # nothing to resample
+        value = float(statistic(*[d[None] for d in data], axis=-1)[0])
+        return value, value
+    with warnings.catch_warnings():
+        # A figure is undefined on a resample without lesions (recall) or predictions (precision): the
+        # percentiles are taken over the other resamples (NaN when there are none).
+        warnings.simplefilter("ignore", DegenerateDataWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        distribution = bootstrap(data, statistic, n_resamples=resamples, paired=True, vectorized=True,
+                                 method="percentile", random_state=rng).bootstrap_distribution
+        low, high = np.nanpercentile(distribution, [50 * (1 - CONFIDENCE), 100 - 50 * (1 - CONFIDENCE)])
+    return float(low), float(high)
 
 
 _SUMMARY_KEY = {"false_positive_lesions": "false_positives_per_case"}  # a table column's figure in the summary
@@ -513,23 +519,31 @@ def interactive_evaluation(
             "cases": per_case,
         }
         summary["tumor_dice_auc"] = float(np.mean(summary["dice"]["tumor"]))
+        rng = np.random.default_rng(0)
+        tumor_dice = np.array([run["dice"]["tumor"] for run in runs], float)  # (cases, clicks + 1)
+        summary["intervals"] = {"tumor_dice": [bootstrap_interval([column], _mean, rng) for column in tumor_dice.T]}
         for key in ("noc85", "noc90"):
             values = [run[key] for run in runs if run[key] is not None]
             summary[key] = float(np.mean(values)) if values else math.nan
+            summary["intervals"][key] = bootstrap_interval([np.array(values, float)], _mean, rng) if values else (math.nan, math.nan)
         result["methods"][method] = summary
     return result
 
 
 def format_interactive_table(result: dict) -> str:
-    """Plain-text comparison of the guidance methods: Dice per HEC after each click, NoC and lesion misses."""
+    """Plain-text comparison of the guidance methods: Dice per HEC after each click (with the interval of tumor
+    Dice), NoC (with intervals) and lesion misses."""
     methods = list(result["methods"])
     columns = [(method, hec) for hec in HEC_NAMES for method in methods]
     short = {"kidney_and_masses": "kid+mass", "masses": "masses", "tumor": "tumor"}
-    header = f"{'clicks':>6s} " + " ".join(f"{short[hec] + ' ' + method[:5]:>15s}" for method, hec in columns)
+    interval = f"{CONFIDENCE:.0%} CI"
+    header = (f"{'clicks':>6s} " + " ".join(f"{short[hec] + ' ' + method[:5]:>15s}" for method, hec in columns)
+              + "".join(f"{'tumor ' + interval + ' ' + method[:5]:>22s}" for method in methods))
     lines = [header, "-" * len(header)]
     for k in range(result["max_clicks"] + 1):
         cells = " ".join(f"{result['methods'][method]['dice'][hec][k]:15.4f}" for method, hec in columns)
-        lines.append(f"{k:6d} {cells}")
+        bounds = "".join(f"{'{:.3f}-{:.3f}'.format(*result['methods'][method]['intervals']['tumor_dice'][k]):>22s}" for method in methods)
+        lines.append(f"{k:6d} {cells}{bounds}")
     lines.append("-" * len(header))
     lines.append(f"{'':22s}" + "".join(f"{method:>15s}" for method in methods))
     for key, title in (
@@ -540,4 +554,7 @@ def format_interactive_table(result: dict) -> str:
         ("lesion_fn_rate_after_clicks", "lesion FN, 1 click/miss"),
     ):
         lines.append(f"{title:22s}" + "".join(f"{result['methods'][method][key]:15.3f}" for method in methods))
+        if key in ("noc85", "noc90"):
+            bounds = ("{:.1f}-{:.1f}".format(*result["methods"][method]["intervals"][key]) for method in methods)
+            lines.append(f"{'  ' + interval:22s}" + "".join(f"{b:>15s}" for b in bounds))
     return "\n".join(lines)

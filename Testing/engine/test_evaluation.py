@@ -437,3 +437,14 @@ def test_interactive_evaluation_reports_both_guidance_methods_side_by_side():
     assert adaptive["lesion_fn_rate_auto"] == 0.5 and adaptive["lesion_fn_rate_after_clicks"] == 0.0
     table = evaluation.format_interactive_table(result)
     assert "NoC@90" in table and "adaptive" in table and "gaussian" in table
+    assert adaptive["intervals"]["tumor_dice"][1] == (adaptive["dice"]["tumor"][1],) * 2  # one case: no spread
+    # A second case segmented perfectly from the start: the intervals span the two cases.
+    two = evaluation.interactive_evaluation([("case", reference, spacing), ("perfect", reference, spacing)],
+                                            lambda name, method: make_refine(name, method) if name == "case" else (lambda clicks: reference),
+                                            methods=("gaussian",), max_clicks=3, noc_cap=5)["methods"]["gaussian"]
+    assert two["dice"]["tumor"][0] == 0.5 and two["intervals"]["tumor_dice"][0] == (0.0, 1.0)
+    low, high = two["intervals"]["noc90"]
+    assert low == 0 and high == 5 and two["noc90"] == 2.5  # 0 clicks for the perfect case, the cap for the other
+    lines = evaluation.format_interactive_table({**result, "methods": {"gaussian": two}}).splitlines()
+    assert lines[2].split()[-1] == "0.000-1.000"  # click 0, tumor Dice interval
+    assert lines[lines.index(next(line for line in lines if line.startswith("NoC@90"))) + 1].split() == ["95%", "CI", "0.0-5.0"]
