@@ -255,6 +255,34 @@ def _progress(items, enabled: bool, description: str):
     return tqdm(items, desc=description, unit="case")
 
 
+def _mean(values, axis=-1):
+    return np.mean(values, axis=axis)
+
+
+def _pooled(part, whole, axis=-1):
+    with np.errstate(invalid="ignore", divide="ignore"):  # no lesions (in the cases or a resample): NaN
+        return np.sum(part, axis=axis) / np.sum(whole, axis=axis)
+
+
+def _precision(predicted, false_positive, axis=-1):
+    return _pooled(np.subtract(predicted, false_positive), predicted, axis)
+
+
+# Each summary figure as a function of per-case columns: ``summarize`` computes it on the cases,
+# ``confidence_intervals`` on resampled cases.
+SUMMARY_FIGURES: dict[str, tuple[tuple[str, ...], Callable]] = {
+    **{f"{metric}_{hec}": ((f"{metric}_{hec}",), _mean) for hec in HEC_NAMES for metric in ("dice", "surface_dice")},
+    "lesion_recall": (("lesions_found", "lesions_reference"), _pooled),
+    "lesion_recall_1ml": (("lesions_found_1ml", "lesions_reference_1ml"), _pooled),
+    "lesion_precision": (("lesions_predicted", "false_positive_lesions"), _precision),
+    "false_positives_per_case": (("false_positive_lesions",), _mean),
+}
+
+
+def _columns(rows: Sequence[dict], columns: Sequence[str]) -> list[np.ndarray]:
+    return [np.array([row[c] for row in rows], float) for c in columns]
+
+
 def summarize(rows: Sequence[dict]) -> dict:
     """Mean Dice and surface Dice per HEC over cases, and pooled lesion detection.
 
@@ -271,43 +299,20 @@ def summarize(rows: Sequence[dict]) -> dict:
         if missing:
             raise RenalSegError(f"case {row.get('case', '?')}: no {', '.join(missing)} (rows to summarize come from evaluate_case)")
     summary: dict = {"cases": len(rows)}
-    for key in means:
-        summary[key] = float(np.mean([row[key] for row in rows]))
     totals = {key: int(sum(row[key] for row in rows)) for key in counts}
     summary.update(totals)
-    summary["lesion_recall"] = _ratio(totals["lesions_found"], totals["lesions_reference"])
-    for name in ("lesion", "tumor", "cyst"):
+    for key, (columns, figure) in SUMMARY_FIGURES.items():
+        summary[key] = float(figure(*_columns(rows, columns)))
+    for name in ("tumor", "cyst"):
         summary[f"{name}_recall_1ml"] = _ratio(totals[f"{name}s_found_1ml"], totals[f"{name}s_reference_1ml"])
-    summary["lesion_precision"] = _ratio(totals["lesions_predicted"] - totals["false_positive_lesions"], totals["lesions_predicted"])
-    summary["false_positives_per_case"] = totals["false_positive_lesions"] / len(rows)
     return summary
 
 
 # --- uncertainty of the summary: case bootstrap ----------------------------------------------------
 
-def _mean(values, axis=-1):
-    return np.mean(values, axis=axis)
-
-
-def _pooled(part, whole, axis=-1):
-    with np.errstate(invalid="ignore", divide="ignore"):  # a resample without lesions has no recall: NaN
-        return np.sum(part, axis=axis) / np.sum(whole, axis=axis)
-
-
-def _precision(predicted, false_positive, axis=-1):
-    return _pooled(np.subtract(predicted, false_positive), predicted, axis)
-
-
-# Each summary figure as a function of per-case columns, so that cases can be resampled.
-SUMMARY_FIGURES: dict[str, tuple[tuple[str, ...], Callable]] = {
-    **{f"{metric}_{hec}": ((f"{metric}_{hec}",), _mean) for hec in HEC_NAMES for metric in ("dice", "surface_dice")},
-    "lesion_recall": (("lesions_found", "lesions_reference"), _pooled),
-    "lesion_recall_1ml": (("lesions_found_1ml", "lesions_reference_1ml"), _pooled),
-    "lesion_precision": (("lesions_predicted", "false_positive_lesions"), _precision),
-    "false_positives_per_case": (("false_positive_lesions",), _mean),
-}
 BOOTSTRAP_RESAMPLES = 2000
 CONFIDENCE = 0.95
+INTERVAL_TITLE = f"{CONFIDENCE:.0%} CI"
 
 
 def confidence_intervals(rows: Sequence[dict], baseline: Sequence[dict] | None = None,
@@ -326,11 +331,11 @@ def confidence_intervals(rows: Sequence[dict], baseline: Sequence[dict] | None =
     rng = np.random.default_rng(seed)
     intervals = {}
     for key, (columns, figure) in SUMMARY_FIGURES.items():
-        data = [np.array([row[c] for row in rows], float) for c in columns]
+        data = _columns(rows, columns)
         if baseline is None:
             statistic = figure
         else:
-            data += [np.array([row[c] for row in baseline], float) for c in columns]
+            data += _columns(baseline, columns)
 
             def statistic(*arrays, axis=-1, figure=figure, n=len(columns)):
                 return figure(*arrays[:n], axis=axis) - figure(*arrays[n:], axis=axis)
@@ -371,8 +376,7 @@ def format_table(rows: Sequence[dict], summary: dict | None = None, intervals: d
     ``intervals`` (``confidence_intervals``) a line of their bounds, then the recall of the lesions of at
     least ``COUNTED_LESION_ML`` by class."""
     summary = summarize(rows) if summary is None else summary
-    interval_title = f"{CONFIDENCE:.0%} CI"
-    width = max([len(interval_title)] + [len(str(row["case"])) for row in rows])
+    width = max([len(INTERVAL_TITLE)] + [len(str(row["case"])) for row in rows])
     header = f"{'case':{width}s} " + " ".join(f"{title:>12s}" for _, title in _TABLE_COLUMNS)
     lines = [header, "-" * len(header)]
     mean = dict(summary, case="mean", false_positive_lesions=summary["false_positives_per_case"])
@@ -386,7 +390,7 @@ def format_table(rows: Sequence[dict], summary: dict | None = None, intervals: d
         lines.append(f"{str(row['case']):{width}s} " + " ".join(cells))
     if intervals is not None:
         bounds = (intervals[_SUMMARY_KEY.get(key, key)] for key, _ in _TABLE_COLUMNS)
-        lines.append(f"{interval_title:{width}s} " + " ".join(f"{f'{low:.3f}-{high:.3f}':>12s}" for low, high in bounds))
+        lines.append(f"{INTERVAL_TITLE:{width}s} " + " ".join(f"{f'{low:.3f}-{high:.3f}':>12s}" for low, high in bounds))
     by_class = (f"{summary[f'{kind}s_found_1ml']} of {summary[f'{kind}s_reference_1ml']} {kind}s ({summary[f'{kind}_recall_1ml']:.2f})" for kind in ("tumor", "cyst"))
     lines.append(f"lesions of at least {COUNTED_LESION_ML:g} mL found: " + ", ".join(by_class))
     return "\n".join(lines)
@@ -536,9 +540,8 @@ def format_interactive_table(result: dict) -> str:
     methods = list(result["methods"])
     columns = [(method, hec) for hec in HEC_NAMES for method in methods]
     short = {"kidney_and_masses": "kid+mass", "masses": "masses", "tumor": "tumor"}
-    interval = f"{CONFIDENCE:.0%} CI"
     header = (f"{'clicks':>6s} " + " ".join(f"{short[hec] + ' ' + method[:5]:>15s}" for method, hec in columns)
-              + "".join(f"{'tumor ' + interval + ' ' + method[:5]:>22s}" for method in methods))
+              + "".join(f"{'tumor ' + INTERVAL_TITLE + ' ' + method[:5]:>22s}" for method in methods))
     lines = [header, "-" * len(header)]
     for k in range(result["max_clicks"] + 1):
         cells = " ".join(f"{result['methods'][method]['dice'][hec][k]:15.4f}" for method, hec in columns)
@@ -556,5 +559,5 @@ def format_interactive_table(result: dict) -> str:
         lines.append(f"{title:22s}" + "".join(f"{result['methods'][method][key]:15.3f}" for method in methods))
         if key in ("noc85", "noc90"):
             bounds = ("{:.1f}-{:.1f}".format(*result["methods"][method]["intervals"][key]) for method in methods)
-            lines.append(f"{'  ' + interval:22s}" + "".join(f"{b:>15s}" for b in bounds))
+            lines.append(f"{'  ' + INTERVAL_TITLE:22s}" + "".join(f"{b:>15s}" for b in bounds))
     return "\n".join(lines)
