@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
@@ -450,6 +451,26 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+class _ReferenceCases(Sequence):
+    """``interactive_evaluation``'s cases, (name, reference labels, spacing (k, j, i)), each read from its file when
+    its turn comes: a folder of whole CTs' label maps need not fit in memory at once."""
+
+    def __init__(self, files: dict[str, Path]):
+        self.names, self.files = sorted(files), files
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int):
+        import SimpleITK as sitk
+
+        from .volume import read_labels
+
+        name = self.names[index]
+        image = read_labels(self.files[name])
+        return name, sitk.GetArrayFromImage(image), image.GetSpacing()[::-1]
+
+
 def _run_interactive_evaluation(args: argparse.Namespace) -> int:
     import numpy as np
     import SimpleITK as sitk
@@ -466,24 +487,18 @@ def _run_interactive_evaluation(args: argparse.Namespace) -> int:
     if missing or not references:
         raise RenalSegError(f"no prediction or CT for case(s) {', '.join(missing) or '(none)'}")
     segmenter = Segmenter.load(args.model, args.device)
-    cases, sessions = [], {}
-    for name in sorted(references):
-        ct = read_volume(cts[name])
-        sessions[name] = (ct, sitk.GetArrayFromImage(read_labels(predictions[name])))
-        cases.append((name, sitk.GetArrayFromImage(read_labels(references[name])), ct.GetSpacing()[::-1]))
+    click_seconds: dict[str, list[float]] = {}
 
-    opened: dict[str, list] = {}
-
-    def make_refine(name: str, method: str):
-        ct, auto = sessions[name]
-        session = RefinementSession(ct, auto, segmenter=segmenter, guidance=method)
-        opened.setdefault(method, []).append(session)
+    def make_refine(name: str, method: str):  # the CT and auto labels are read per case and freed after it
+        auto = sitk.GetArrayFromImage(read_labels(predictions[name]))
+        session = RefinementSession(read_volume(cts[name]), auto, segmenter=segmenter, guidance=method)
+        click_seconds.setdefault(method, []).append(session.click_seconds)
         return click_refiner(session)
 
-    result = interactive_evaluation(cases, make_refine, methods=args.guidance or ("adaptive", "gaussian"), progress=True)
+    result = interactive_evaluation(_ReferenceCases(references), make_refine, methods=args.guidance or ("adaptive", "gaussian"), progress=True)
     print(format_interactive_table(result))
-    for method, opened_sessions in opened.items():
-        seconds = np.concatenate([s.click_seconds for s in opened_sessions])
+    for method, per_case in click_seconds.items():
+        seconds = np.concatenate(per_case)
         result["methods"][method]["click_seconds"] = {"clicks": len(seconds), "median": float(np.median(seconds)), "p95": float(np.percentile(seconds, 95))}
         print(f"click latency ({method}, {len(seconds)} clicks): median {np.median(seconds):.3f} s, p95 {np.percentile(seconds, 95):.3f} s")
     if args.json:

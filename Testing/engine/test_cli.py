@@ -115,17 +115,22 @@ def test_segment_batch_writes_one_label_map_per_ct_and_keeps_existing(tmp_path: 
         assert sitk.ReadImage(str(tmp_path / "probability" / f"{name}.nii.gz")).GetSize() == size
 
 
-def test_interactive_evaluation_reports_both_encodings_and_click_latency(tmp_path: Path, untrained_model: Path, capsys) -> None:
+def _write_click_case(folder: Path, name: str) -> None:
+    """A phantom case in folder/{ct,pred,ref}: its auto segmentation missed the tumor."""
     p = phantoms.kidney_phantom(size=(48, 44, 24), spacing=(4.0, 4.5, 6.0), scale=0.8)
-    for folder in ("ct", "pred", "ref"):
-        (tmp_path / folder).mkdir()
-    sitk.WriteImage(p.ct, str(tmp_path / "ct" / "case_a.nii.gz"))
-    sitk.WriteImage(p.labels, str(tmp_path / "ref" / "case_a.nii.gz"))
+    for sub in ("ct", "pred", "ref"):
+        (folder / sub).mkdir(exist_ok=True)
+    sitk.WriteImage(p.ct, str(folder / "ct" / f"{name}.nii.gz"))
+    sitk.WriteImage(p.labels, str(folder / "ref" / f"{name}.nii.gz"))
     auto = sitk.GetArrayFromImage(p.labels)
-    auto[auto == 2] = 1  # auto mode missed the tumor
+    auto[auto == 2] = 1
     predicted = sitk.GetImageFromArray(auto)
     predicted.CopyInformation(p.labels)
-    sitk.WriteImage(predicted, str(tmp_path / "pred" / "case_a.nii.gz"))
+    sitk.WriteImage(predicted, str(folder / "pred" / f"{name}.nii.gz"))
+
+
+def test_interactive_evaluation_reports_both_encodings_and_click_latency(tmp_path: Path, untrained_model: Path, capsys) -> None:
+    _write_click_case(tmp_path, "case_a")
     out = tmp_path / "clicks.json"
     args = ["evaluate", str(tmp_path / "pred"), str(tmp_path / "ref"), "--interactive", str(tmp_path / "ct"), "--json", str(out), "--model", str(untrained_model), "--device", "cpu"]
     assert cli.main(args) == 0
@@ -139,6 +144,31 @@ def test_interactive_evaluation_reports_both_encodings_and_click_latency(tmp_pat
     assert "click latency (adaptive" in capsys.readouterr().out
     assert cli.main([*args, "--guidance", "gaussian"]) == 0  # one encoding only
     assert list(json.loads(out.read_text())["methods"]) == ["gaussian"]
+
+
+def test_interactive_evaluation_holds_one_case_at_a_time(tmp_path: Path, untrained_model: Path, monkeypatch) -> None:
+    import gc
+    import weakref
+
+    from RenalSegLib import interactive
+
+    for name in ("case_a", "case_b", "case_c"):
+        _write_click_case(tmp_path, name)
+    live: weakref.WeakSet = weakref.WeakSet()
+    alive_at_start = []
+
+    class CountedSession(interactive.RefinementSession):
+        def __init__(self, *args, **kwargs):
+            gc.collect()
+            alive_at_start.append(len(live))
+            super().__init__(*args, **kwargs)
+            live.add(self)
+
+    monkeypatch.setattr(interactive, "RefinementSession", CountedSession)
+    args = ["evaluate", str(tmp_path / "pred"), str(tmp_path / "ref"), "--interactive", str(tmp_path / "ct"), "--model", str(untrained_model), "--device", "cpu"]
+    assert cli.main(args) == 0
+    assert len(alive_at_start) == 6  # a session per case and encoding
+    assert alive_at_start == [0] * 6  # each case's session (its CT and caches) freed before the next one opens
 
 
 def test_a_minimum_lesion_probability_outside_0_to_1_is_refused(tmp_path: Path, capsys) -> None:
