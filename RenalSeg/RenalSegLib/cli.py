@@ -427,6 +427,9 @@ def _add_evaluate(sub) -> None:
                         help="also run the simulated-click protocol (1..10 clicks, NoC@85/90, missed-lesion clicks) starting from "
                         "PRED_DIR's auto segmentations, with the CTs of the same case names in CT_DIR, for adaptive and gaussian guidance")
     parser.add_argument("--json", metavar="OUT", type=Path, help="write the interactive results as JSON")
+    parser.add_argument("--interactive-baseline", metavar="JSON", type=Path,
+                        help="with --interactive: compare with an earlier --json result of the same cases (another model, say) and print "
+                        "the differences with paired 95 %% bootstrap intervals")
     parser.add_argument("--model", help="model file for --interactive (default: the bundled model)")
     parser.add_argument("--guidance", action="append", choices=("adaptive", "gaussian"),
                         help="click encoding(s) to evaluate with --interactive (repeatable; default: both, side by side)")
@@ -438,8 +441,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     if args.interactive:
         if args.baseline:
-            raise RenalSegError("--baseline compares auto segmentations; it does not apply to --interactive")
+            raise RenalSegError("--baseline compares auto segmentations; with --interactive use --interactive-baseline")
         return _run_interactive_evaluation(args)
+    if args.interactive_baseline:
+        raise RenalSegError("--interactive-baseline compares click evaluations; it needs --interactive")
     rows = evaluate_folders(args.pred_dir, args.ref_dir)
     summary = summarize(rows)
     print(format_table(rows, summary, confidence_intervals(rows)))
@@ -449,6 +454,17 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         baseline = evaluate_folders(args.baseline, args.ref_dir)
         print(format_comparison(summary, summarize(baseline), confidence_intervals(rows, baseline), str(args.baseline)))
     return 0
+
+
+def _read_click_results(path: Path) -> dict:
+    """An earlier ``evaluate --interactive --json`` result, checked before the long evaluation starts."""
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RenalSegError(f"{path}: not a readable JSON file ({exc})") from exc
+    if not isinstance(result, dict) or not isinstance(result.get("methods"), dict):
+        raise RenalSegError(f"{path}: not the --json result of 'renalseg evaluate --interactive'")
+    return result
 
 
 class _ReferenceCases(Sequence):
@@ -475,7 +491,7 @@ def _run_interactive_evaluation(args: argparse.Namespace) -> int:
     import numpy as np
     import SimpleITK as sitk
 
-    from .evaluation import label_files, format_interactive_table, interactive_evaluation
+    from .evaluation import compare_interactive, format_interactive_comparison, format_interactive_table, interactive_evaluation, label_files
     from .inference import Segmenter
     from .interactive import RefinementSession, click_refiner
     from .outputs import atomic_path
@@ -486,6 +502,7 @@ def _run_interactive_evaluation(args: argparse.Namespace) -> int:
     missing = sorted(name for name in references if name not in predictions or name not in cts)
     if missing or not references:
         raise RenalSegError(f"no prediction or CT for case(s) {', '.join(missing) or '(none)'}")
+    baseline = _read_click_results(args.interactive_baseline) if args.interactive_baseline else None
     segmenter = Segmenter.load(args.model, args.device)
     click_seconds: dict[str, list[float]] = {}
 
@@ -501,6 +518,8 @@ def _run_interactive_evaluation(args: argparse.Namespace) -> int:
         seconds = np.concatenate(per_case)
         result["methods"][method]["click_seconds"] = {"clicks": len(seconds), "median": float(np.median(seconds)), "p95": float(np.percentile(seconds, 95))}
         print(f"click latency ({method}, {len(seconds)} clicks): median {np.median(seconds):.3f} s, p95 {np.percentile(seconds, 95):.3f} s")
+    if baseline is not None:
+        print(format_interactive_comparison(compare_interactive(result, baseline), str(args.interactive_baseline)))
     if args.json:
         with atomic_path(args.json) as tmp:
             tmp.write_text(json.dumps(result, indent=2, default=float), encoding="utf-8")

@@ -17,6 +17,8 @@ takes a ``refine(clicks) -> prediction`` callable and plays a simulated user (``
 
     result = interactive_evaluation([(name, reference, spacing), ...], make_refine)
     print(format_interactive_table(result))
+
+``compare_interactive`` sets two such results of the same cases side by side, with paired intervals.
 """
 
 from __future__ import annotations
@@ -399,15 +401,19 @@ def format_table(rows: Sequence[dict], summary: dict | None = None, intervals: d
 def format_comparison(summary: dict, baseline_summary: dict, intervals: dict, baseline_name: str) -> str:
     """A plain-text table of each summary figure, its baseline's, their difference and the difference's paired
     interval (``confidence_intervals(rows, baseline)``); ``*`` marks an interval that leaves out 0."""
-    lines = [f"against {baseline_name} (same {summary['cases']} cases; {CONFIDENCE:.0%} intervals of the difference, paired bootstrap):",
-             f"{'figure':14s} {'this':>8s} {'baseline':>8s} {'difference':>10s}   interval"]
     titles = dict(_TABLE_COLUMNS, false_positive_lesions="FP / case")
-    for key, title in titles.items():
-        key = _SUMMARY_KEY.get(key, key)
-        low, high = intervals[key]
+    rows = [(title, summary[key], baseline_summary[key], *intervals[key])
+            for key, title in ((_SUMMARY_KEY.get(key, key), title) for key, title in titles.items())]
+    return _comparison_table(f"against {baseline_name} (same {summary['cases']} cases", rows, 14)
+
+
+def _comparison_table(heading: str, rows: Sequence[tuple[str, float, float, float, float]], width: int) -> str:
+    """Rows of (figure, this, baseline, low, high) under one heading; ``*`` marks an interval that leaves out 0."""
+    lines = [f"{heading}; {CONFIDENCE:.0%} intervals of the difference, paired bootstrap):",
+             f"{'figure':{width}s} {'this':>8s} {'baseline':>8s} {'difference':>10s}   interval"]
+    for title, this, base, low, high in rows:
         mark = " *" if low > 0 or high < 0 else ""
-        lines.append(f"{title:14s} {summary[key]:8.4f} {baseline_summary[key]:8.4f} {summary[key] - baseline_summary[key]:+10.4f}   "
-                     f"{low:+.4f} to {high:+.4f}{mark}")
+        lines.append(f"{title:{width}s} {this:8.4f} {base:8.4f} {this - base:+10.4f}   {low:+.4f} to {high:+.4f}{mark}")
     return "\n".join(lines)
 
 
@@ -561,3 +567,39 @@ def format_interactive_table(result: dict) -> str:
             bounds = ("{:.1f}-{:.1f}".format(*result["methods"][method]["intervals"][key]) for method in methods)
             lines.append(f"{'  ' + INTERVAL_TITLE:22s}" + "".join(f"{b:>15s}" for b in bounds))
     return "\n".join(lines)
+
+
+def compare_interactive(result: dict, baseline: dict, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict[str, list[tuple]]:
+    """Paired differences between two ``interactive_evaluation`` results of the same cases (two models, say).
+
+    Per click encoding in both: rows of (figure, this, baseline, low, high) for tumor Dice after each click, the
+    tumor Dice AUC and NoC@85 / NoC@90 (cases with a tumor), low and high bounding the ``CONFIDENCE`` interval
+    of the difference with the same cases resampled from both.
+    """
+    rng = np.random.default_rng(seed)
+    comparison: dict[str, list[tuple]] = {}
+    for method in (m for m in result["methods"] if m in baseline["methods"]):
+        cases, base_cases = result["methods"][method]["cases"], baseline["methods"][method]["cases"]
+        if sorted(cases) != sorted(base_cases):
+            raise RenalSegError(f"the two {method} evaluations hold different cases; a paired comparison needs the same cases")
+        names = sorted(cases)
+        this, base = (np.array([c[name]["dice"]["tumor"] for name in names], float) for c in (cases, base_cases))
+        if this.shape != base.shape:
+            raise RenalSegError(f"the two {method} evaluations played different numbers of clicks ({this.shape[1] - 1} and {base.shape[1] - 1})")
+        figures = [(f"tumor Dice after {k}", this[:, k], base[:, k]) for k in range(this.shape[1])]
+        figures.append(("tumor Dice AUC", this.mean(axis=1), base.mean(axis=1)))
+        for key in ("noc85", "noc90"):
+            both = [name for name in names if cases[name][key] is not None and base_cases[name][key] is not None]
+            if both:
+                figures.append((f"NoC@{key[3:]}", *(np.array([c[name][key] for name in both], float) for c in (cases, base_cases))))
+        comparison[method] = [(title, float(a.mean()), float(b.mean()), *bootstrap_interval([a - b], _mean, rng, resamples))
+                              for title, a, b in figures]
+    if not comparison:
+        raise RenalSegError("the two interactive evaluations share no click encoding")
+    return comparison
+
+
+def format_interactive_comparison(comparison: dict[str, list[tuple]], baseline_name: str) -> str:
+    """``compare_interactive``'s rows as plain-text tables, one per click encoding."""
+    return "\n".join(_comparison_table(f"{method} clicks against {baseline_name} (same cases", rows, 22)
+                     for method, rows in comparison.items())

@@ -142,8 +142,16 @@ def test_interactive_evaluation_reports_both_encodings_and_click_latency(tmp_pat
         assert summary["lesion_fn_rate_auto"] == 0.5  # the tumor missed, the cyst found
         assert summary["click_seconds"]["clicks"] >= 1 and summary["click_seconds"]["median"] > 0
     assert "click latency (adaptive" in capsys.readouterr().out
-    assert cli.main([*args, "--guidance", "gaussian"]) == 0  # one encoding only
+    both = tmp_path / "both.json"
+    out.rename(both)
+    assert cli.main([*args, "--guidance", "gaussian", "--interactive-baseline", str(both)]) == 0  # one encoding only
     assert list(json.loads(out.read_text())["methods"]) == ["gaussian"]
+    printed = capsys.readouterr().out.splitlines()
+    assert any(line.startswith(f"gaussian clicks against {both} (same cases") for line in printed)
+    assert next(line for line in printed if line.startswith("tumor Dice after 0")).split()[6:] == ["+0.0000", "+0.0000", "to", "+0.0000"]  # same auto labels
+    (tmp_path / "not.json").write_text("not json")
+    assert cli.main([*args, "--interactive-baseline", str(tmp_path / "not.json")]) == 2
+    assert "not a readable JSON file" in capsys.readouterr().err
 
 
 def test_interactive_evaluation_holds_one_case_at_a_time(tmp_path: Path, untrained_model: Path, monkeypatch) -> None:

@@ -309,7 +309,9 @@ def test_cli_compares_with_a_baseline_case_by_case(folders, tmp_path, capsys):
     assert line.split()[2:5] == [f"{(1.0 + 2 * 24 / 72) / 2:.4f}", "0.0000", f"+{(1.0 + 2 * 24 / 72) / 2:.4f}"]
     assert line.endswith("*")  # better on both cases
     assert main(["evaluate", str(pred_dir), str(ref_dir), "--baseline", str(base_dir), "--interactive", str(tmp_path)]) == 2
-    assert "does not apply to --interactive" in capsys.readouterr().err
+    assert "with --interactive use --interactive-baseline" in capsys.readouterr().err
+    assert main(["evaluate", str(pred_dir), str(ref_dir), "--interactive-baseline", str(tmp_path / "clicks.json")]) == 2
+    assert "it needs --interactive" in capsys.readouterr().err
     (base_dir / "case_00000.nii.gz").unlink()
     assert main(["evaluate", str(pred_dir), str(ref_dir), "--baseline", str(base_dir)]) == 2
 
@@ -448,3 +450,39 @@ def test_interactive_evaluation_reports_both_guidance_methods_side_by_side():
     lines = evaluation.format_interactive_table({**result, "methods": {"gaussian": two}}).splitlines()
     assert lines[2].split()[-1] == "0.000-1.000"  # click 0, tumor Dice interval
     assert lines[lines.index(next(line for line in lines if line.startswith("NoC@90"))) + 1].split() == ["95%", "CI", "0.0-5.0"]
+
+
+def _click_result(curves: dict[str, list[list[float]]], noc90: dict[str, list[int | None]]) -> dict:
+    """An ``interactive_evaluation`` result reduced to what ``compare_interactive`` reads: per method, per case the
+    tumor Dice after each click and NoC@85 / NoC@90."""
+    return {"methods": {method: {"cases": {f"case_{i}": {"dice": {"tumor": curve}, "noc85": noc, "noc90": noc}
+                                           for i, (curve, noc) in enumerate(zip(curves[method], noc90[method]))}}
+                        for method in curves}}
+
+
+def test_a_click_comparison_resamples_the_same_cases_from_both_evaluations():
+    rng = np.random.default_rng(3)
+    base_curves = np.sort(rng.uniform(0.3, 0.85, (6, 4)), axis=1)  # six cases, Dice after 0..3 clicks
+    base = _click_result({"gaussian": base_curves.tolist(), "adaptive": base_curves.tolist()},
+                         {"gaussian": [1, 2, 20, 3, None, 5], "adaptive": [1, 2, 20, 3, None, 5]})
+    better = _click_result({"gaussian": (base_curves + 0.05).tolist()}, {"gaussian": [1, 1, 10, 3, None, 4]})
+    comparison = evaluation.compare_interactive(better, base)
+    assert list(comparison) == ["gaussian"]  # only the encodings both evaluations ran
+    rows = {title: values for title, *values in comparison["gaussian"]}
+    for k in range(4):
+        this, baseline, low, high = rows[f"tumor Dice after {k}"]
+        assert this - baseline == pytest.approx(0.05) and (low, high) == pytest.approx((0.05, 0.05))  # every case +0.05
+    this, baseline, low, high = rows["NoC@90"]  # the case without a tumor left out
+    assert (this, baseline) == pytest.approx((19 / 5, 31 / 5))
+    assert low < this - baseline < high <= 0  # never more clicks than the baseline on any case
+    table = evaluation.format_interactive_comparison(comparison, "old.json")
+    assert table.splitlines()[0].startswith("gaussian clicks against old.json (same cases; 95% intervals")
+    line = next(line for line in table.splitlines() if line.startswith("tumor Dice after 3"))
+    assert line.endswith("*") and line.split()[-4:-1] == ["+0.0500", "to", "+0.0500"]
+    assert next(line for line in table.splitlines() if line.startswith("NoC@90")).split()[1:4] == ["3.8000", "6.2000", "-2.4000"]
+    with pytest.raises(RenalSegError, match="different cases"):
+        evaluation.compare_interactive(_click_result({"gaussian": base_curves[:5].tolist()}, {"gaussian": [1] * 5}), base)
+    with pytest.raises(RenalSegError, match="different numbers of clicks"):
+        evaluation.compare_interactive(_click_result({"gaussian": base_curves[:, :3].tolist()}, {"gaussian": [1] * 6}), base)
+    with pytest.raises(RenalSegError, match="share no click encoding"):
+        evaluation.compare_interactive(better, _click_result({"adaptive": base_curves.tolist()}, {"adaptive": [1] * 6}))
