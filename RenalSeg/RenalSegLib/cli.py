@@ -456,14 +456,21 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_click_results(path: Path) -> dict:
-    """An earlier ``evaluate --interactive --json`` result, checked before the long evaluation starts."""
+def _read_click_results(path: Path, methods: tuple[str, ...], names: list[str]) -> dict:
+    """An earlier ``evaluate --interactive --json`` result to compare with, checked before the long evaluation
+    starts: it must hold one of ``methods`` played on the cases ``names``."""
     try:
         result = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise RenalSegError(f"{path}: not a readable JSON file ({exc})") from exc
     if not isinstance(result, dict) or not isinstance(result.get("methods"), dict):
         raise RenalSegError(f"{path}: not the --json result of 'renalseg evaluate --interactive'")
+    shared = [method for method in methods if method in result["methods"]]
+    if not shared:
+        raise RenalSegError(f"{path} holds no {' or '.join(methods)} clicks to compare with")
+    for method in shared:
+        if sorted(result["methods"][method].get("cases", {})) != names:
+            raise RenalSegError(f"{path}: its {method} clicks were played on other cases than these; a paired comparison needs the same cases")
     return result
 
 
@@ -502,7 +509,8 @@ def _run_interactive_evaluation(args: argparse.Namespace) -> int:
     missing = sorted(name for name in references if name not in predictions or name not in cts)
     if missing or not references:
         raise RenalSegError(f"no prediction or CT for case(s) {', '.join(missing) or '(none)'}")
-    baseline = _read_click_results(args.interactive_baseline) if args.interactive_baseline else None
+    methods = tuple(args.guidance or ("adaptive", "gaussian"))
+    baseline = _read_click_results(args.interactive_baseline, methods, sorted(references)) if args.interactive_baseline else None
     segmenter = Segmenter.load(args.model, args.device)
     click_seconds: dict[str, list[float]] = {}
 
@@ -512,7 +520,7 @@ def _run_interactive_evaluation(args: argparse.Namespace) -> int:
         click_seconds.setdefault(method, []).append(session.click_seconds)
         return click_refiner(session)
 
-    result = interactive_evaluation(_ReferenceCases(references), make_refine, methods=args.guidance or ("adaptive", "gaussian"), progress=True)
+    result = interactive_evaluation(_ReferenceCases(references), make_refine, methods=methods, progress=True)
     print(format_interactive_table(result))
     for method, per_case in click_seconds.items():
         seconds = np.concatenate(per_case)

@@ -152,6 +152,11 @@ def test_interactive_evaluation_reports_both_encodings_and_click_latency(tmp_pat
     (tmp_path / "not.json").write_text("not json")
     assert cli.main([*args, "--interactive-baseline", str(tmp_path / "not.json")]) == 2
     assert "not a readable JSON file" in capsys.readouterr().err
+    (tmp_path / "other.json").write_text(json.dumps({"methods": {"gaussian": {"cases": {"case_b": {}}}}}))
+    assert cli.main([*args, "--interactive-baseline", str(tmp_path / "other.json")]) == 2
+    assert "played on other cases than these" in capsys.readouterr().err
+    assert cli.main([*args, "--guidance", "adaptive", "--interactive-baseline", str(tmp_path / "other.json")]) == 2
+    assert "holds no adaptive clicks" in capsys.readouterr().err
 
 
 def test_interactive_evaluation_holds_one_case_at_a_time(tmp_path: Path, untrained_model: Path, monkeypatch) -> None:
