@@ -356,8 +356,40 @@ class RefinementSession:
                 merged[beyond] = before[beyond]
             lesion = _component_at(merged, click_kji)
             if lesion is not None:
-                merged[lesion] = click.label  # the class the user asked for
+                merged[lesion] = click.label  # the class asked for
+                merged[self._named_other_class(box, lesion, click)] = L.CYST if click.label == L.TUMOR else L.TUMOR
         return box, merged
+
+    def _named_other_class(self, box: Box, mass: np.ndarray, click: Click) -> np.ndarray:
+        """The voxels of ``mass`` (a mask of ``box``) to give the other lesion class than ``click``'s: those nearer
+        to tissue that positive clicks named that class for (their reaches, ``_reach``) than to tissue named
+        ``click``'s class (the click itself included). None until a click has named the other class.
+
+        A class click gives the whole mass under it its class (a cyst called tumor is one cyst click), but a
+        mass holding a tumor beside a cyst is split by one click of each class, where giving the whole mass
+        each click's class made the two clicks undo each other.
+        """
+        from scipy import ndimage
+
+        other_label = L.CYST if click.label == L.TUMOR else L.TUMOR
+        kji = np.argwhere(mass)
+        named = {label: np.zeros(len(kji), bool) for label in L.LESION_LABELS}
+        for earlier in self.clicks:
+            if earlier.positive and earlier.label in L.LESION_LABELS:
+                named[earlier.label] |= self._within_reach(box, kji, earlier)
+        if not named[other_label].any():
+            return np.zeros_like(mass)
+        named[click.label] |= np.all(kji == _voxel_of(self.ct, click.point_lps) - [b.start for b in box], axis=1)
+        spacing = self.ct.GetSpacing()[::-1]
+
+        def distance(to: np.ndarray) -> np.ndarray:
+            outside = np.ones(mass.shape, bool)
+            outside[tuple(kji[to].T)] = False
+            return ndimage.distance_transform_edt(outside, sampling=spacing)[tuple(kji.T)]
+
+        split = np.zeros_like(mass)
+        split[tuple(kji[distance(named[other_label]) < distance(named[click.label])].T)] = True
+        return split
 
 
 AIR = float(normalize_ct(np.array(-1024.0)))  # the normalised value of air, outside the CT

@@ -141,6 +141,30 @@ def test_cyst_click_relabels_the_clicked_mass(segmenter, phantom) -> None:
     assert (session.labels[tumor] == L.CYST).mean() > 0.9
 
 
+def test_a_tumor_and_a_cyst_in_one_mass_are_split_by_one_click_of_each_class(segmenter, phantom) -> None:
+    """The tumor's medial half is fluid (a cyst beside it) and both are labelled tumor, as auto mode gives one
+    mass one class. A cyst click there makes the whole mass cyst; a tumor click on the solid half then makes
+    that half tumor and leaves the tissue the cyst click named cyst (before, each click relabelled the whole mass)."""
+    centre = np.array(_tumor_centre_lps(phantom))
+    grid = phantoms.physical_grid(phantom.ct)
+    mass = sitk.GetArrayViewFromImage(phantom.labels) == L.TUMOR
+    fluid = mass & (grid[..., 0] > centre[0] + 1.5)
+    solid = mass & (grid[..., 0] < centre[0] - 1.5)
+    hu = sitk.GetArrayFromImage(phantom.ct)
+    hu[mass & (grid[..., 0] > centre[0])] = phantoms.HU["cyst"]
+    ct = sitk.GetImageFromArray(hu)
+    ct.CopyInformation(phantom.ct)
+    truth = sitk.GetArrayFromImage(phantom.labels)
+    truth[mass & (grid[..., 0] > centre[0])] = L.CYST
+    session = RefinementSession(ct, sitk.GetArrayFromImage(phantom.labels), segmenter=segmenter)
+    session._predict_crop = _Oracle(session, phantom, truth)
+    session.add_click(tuple(centre + [6.0, 0.0, 0.0]), positive=True, label=L.CYST)
+    assert (session.labels[mass] == L.CYST).mean() > 0.9  # the first class click: the whole mass
+    session.add_click(tuple(centre - [6.0, 0.0, 0.0]), positive=True, label=L.TUMOR)
+    assert (session.labels[solid] == L.TUMOR).mean() > 0.9
+    assert (session.labels[fluid] == L.CYST).mean() > 0.9  # nearer the tissue clicked cyst than the tissue clicked tumor
+
+
 def test_click_refiner_passes_the_named_class_and_replays_a_changed_history(segmenter, phantom) -> None:
     """The evaluation's simulated user calls a mass a cyst: the refiner relabels it; a new history starts over."""
     session = RefinementSession(phantom.ct, sitk.GetArrayFromImage(phantom.labels), segmenter=segmenter)
