@@ -363,7 +363,7 @@ class RefinementSession:
     def _named_other_class(self, box: Box, mass: np.ndarray, click: Click) -> np.ndarray:
         """The voxels of ``mass`` (a mask of ``box``) to give the other lesion class than ``click``'s: those nearer
         to tissue that positive clicks named that class for (their reaches, ``_reach``) than to tissue named
-        ``click``'s class (the click itself included). None until a click has named the other class.
+        ``click``'s class (the click itself included); empty until a click has named the other class.
 
         A class click gives the whole mass under it its class (a cyst called tumor is one cyst click), but a
         mass holding a tumor beside a cyst is split by one click of each class, where giving the whole mass
