@@ -356,14 +356,16 @@ class RefinementSession:
                 merged[beyond] = before[beyond]
             lesion = _component_at(merged, click_kji)
             if lesion is not None:
+                other = L.CYST if click.label == L.TUMOR else L.TUMOR
                 merged[lesion] = click.label  # the class asked for
-                merged[self._named_other_class(box, lesion, click)] = L.CYST if click.label == L.TUMOR else L.TUMOR
+                merged[self._named_other_class(box, lesion, click, click_kji, other)] = other
         return box, merged
 
-    def _named_other_class(self, box: Box, mass: np.ndarray, click: Click) -> np.ndarray:
-        """The voxels of ``mass`` (a mask of ``box``) to give the other lesion class than ``click``'s: those nearer
-        to tissue that positive clicks named that class for (their reaches, ``_reach``) than to tissue named
-        ``click``'s class (the click itself included); empty until a click has named the other class.
+    def _named_other_class(self, box: Box, mass: np.ndarray, click: Click, click_kji, other: int) -> np.ndarray:
+        """The voxels of ``mass`` (a mask of ``box``) to give the ``other`` lesion class than ``click``'s (at
+        ``click_kji`` in ``box``): those nearer to tissue that positive clicks named ``other`` for (their reaches,
+        ``_reach``) than to tissue named ``click``'s class (the click itself included); empty until a click has
+        named ``other``.
 
         A class click gives the whole mass under it its class (a cyst called tumor is one cyst click), but a
         mass holding a tumor beside a cyst is split by one click of each class, where giving the whole mass
@@ -371,15 +373,16 @@ class RefinementSession:
         """
         from scipy import ndimage
 
-        other_label = L.CYST if click.label == L.TUMOR else L.TUMOR
-        kji = np.argwhere(mass)
-        named = {label: np.zeros(len(kji), bool) for label in L.LESION_LABELS}
-        for earlier in self.clicks:
-            if earlier.positive and earlier.label in L.LESION_LABELS:
-                named[earlier.label] |= self._within_reach(box, kji, earlier)
-        if not named[other_label].any():
+        naming = [earlier for earlier in self.clicks if earlier.positive and earlier.label in (click.label, other)]
+        if all(earlier.label != other for earlier in naming):  # the usual click: no reach to test
             return np.zeros_like(mass)
-        named[click.label] |= np.all(kji == _voxel_of(self.ct, click.point_lps) - [b.start for b in box], axis=1)
+        kji = np.argwhere(mass)
+        named = {label: np.zeros(len(kji), bool) for label in (click.label, other)}
+        for earlier in naming:
+            named[earlier.label] |= self._within_reach(box, kji, earlier)
+        if not named[other].any():
+            return np.zeros_like(mass)
+        named[click.label] |= np.all(kji == click_kji, axis=1)
         spacing = self.ct.GetSpacing()[::-1]
 
         def distance(to: np.ndarray) -> np.ndarray:
@@ -388,7 +391,7 @@ class RefinementSession:
             return ndimage.distance_transform_edt(outside, sampling=spacing)[tuple(kji.T)]
 
         split = np.zeros_like(mass)
-        split[tuple(kji[distance(named[other_label]) < distance(named[click.label])].T)] = True
+        split[tuple(kji[distance(named[other]) < distance(named[click.label])].T)] = True
         return split
 
 
