@@ -200,9 +200,10 @@ class RenalSegInteractiveWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         while self._pending and self._pending[0][0].done():
             future, node, pointID = self._pending.pop(0)
             try:
-                self.logic.apply_click(future.result())
+                result = future.result()
+                self.logic.apply_click(result)
                 self._clickPoints.append((node, pointID))
-                self.ui.statusLabel.text = _("Refined ({count} clicks).").format(count=len(self._clickPoints))
+                self.ui.statusLabel.text = _("Click {count}: {change}.").format(count=len(self._clickPoints), change=result.change.describe())
                 self._measureTimer.start()
             except Exception as error:  # e.g. a click outside the image: drop the point, say why
                 self._removePoint(node, pointID)

@@ -147,6 +147,14 @@ class RefinementSession:
         return self._apply(whole, self._initial.copy(), tuple(self.clicks), clicks_after=())
 
     @property
+    def last_change(self) -> tuple[Box, np.ndarray, np.ndarray] | None:
+        """The latest change still applied (click, redo or reset): (box, its labels before, after); None if none."""
+        if not self._undo:
+            return None
+        change = self._undo[-1]
+        return change.box, change.before, change.after
+
+    @property
     def labels_image(self) -> sitk.Image:
         image = sitk.GetImageFromArray(self.labels)
         image.CopyInformation(self.ct)

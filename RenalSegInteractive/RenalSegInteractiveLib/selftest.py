@@ -44,6 +44,10 @@ class BallSession:
         self.undone.clear()
         return box
 
+    @property
+    def last_change(self):
+        return self.done[-1] if self.done else None
+
     def undo(self):
         if not self.done:
             return None

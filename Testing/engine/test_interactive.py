@@ -79,9 +79,12 @@ def test_undo_redo_reset_restore_exactly(segmenter, phantom) -> None:
     session._predict_crop = _Oracle(session, phantom)
     session.add_click(_tumor_centre_lps(phantom))
     after_click = session.labels.copy()
+    box, before, after = session.last_change
+    np.testing.assert_array_equal(before, start_labels[box])
+    np.testing.assert_array_equal(after, after_click[box])
     session.undo()
     np.testing.assert_array_equal(session.labels, start_labels)
-    assert session.clicks == []
+    assert session.clicks == [] and session.last_change is None
     session.redo()
     np.testing.assert_array_equal(session.labels, after_click)
     assert len(session.clicks) == 1

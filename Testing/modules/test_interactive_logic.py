@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 from module_fakes import FakeEngine, FakeSession
 
-from RenalSegInteractiveLib.logic import InteractiveLogic
+from RenalSegInteractiveLib.logic import ClassChange, InteractiveLogic
 from RenalSegLib import labels, volume
 from RenalSegLib.errors import RenalSegError
 from RenalSegModuleLib import segmentation_io as io
@@ -88,6 +88,32 @@ def test_undo_redo_and_reset_restore_the_segmentation(refined):
     np.testing.assert_array_equal(logic.read_kits_labels(), original)
     assert logic.undo()  # the reset itself is undoable
     np.testing.assert_array_equal(logic.read_kits_labels(), after_first)
+
+
+def test_each_click_reports_the_volume_each_class_gained(refined):
+    """The status line's figures are the segmentation's own change; a click that changes nothing says so."""
+    logic, phantom = refined
+    voxel_ml = float(np.prod(phantom.ct.GetSpacing())) / 1000.0
+    before = logic.read_kits_labels()
+    point = left_kidney_point_ras(phantom)
+    result = logic.submit_click(point, label=labels.CYST).result(30)
+    logic.apply_click(result)
+    after = logic.read_kits_labels()
+    gained = {k: float(((after == k).sum() - (before == k).sum()) * voxel_ml) for k in (labels.KIDNEY, labels.TUMOR, labels.CYST)}
+    assert result.change.gained_ml == pytest.approx({k: v for k, v in gained.items() if v})
+    assert result.change.gained_ml[labels.CYST] > 1.0  # the stand-in paints an 8 mm ball (2.1 mL)
+    assert result.change.moved_ml == pytest.approx((after != before).sum() * voxel_ml)
+    assert result.change.describe().startswith("cyst +")
+    again = logic.submit_click(point, label=labels.CYST).result(30)
+    assert again.change.moved_ml == 0 and again.change.describe().startswith("nothing changed")
+
+
+def test_a_change_that_keeps_every_volume_is_described_as_reshaped():
+    before = np.array([labels.KIDNEY, labels.TUMOR, labels.TUMOR, labels.KIDNEY], np.uint8)
+    after = np.array([labels.TUMOR, labels.TUMOR, labels.KIDNEY, labels.KIDNEY], np.uint8)
+    change = ClassChange.between(before, after, 0.5)
+    assert change.gained_ml == {} and change.moved_ml == 1.0
+    assert change.describe() == "1.0 mL reshaped, no class's volume changed"
 
 
 def test_click_outside_the_image_changes_nothing(refined):
