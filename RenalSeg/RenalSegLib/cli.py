@@ -186,7 +186,8 @@ def _add_refine(sub) -> None:
 
 def _run_refine(args: argparse.Namespace) -> int:
     from .device import resolve_device
-    from .interactive import RefinementSession
+    from . import labels as L
+    from .interactive import ClassChange, RefinementSession
     from .volume import ras_to_lps, read_labels, read_volume, same_geometry, write_labels
 
     clicks = [_parse_click(text) for text in args.click]
@@ -198,8 +199,8 @@ def _run_refine(args: argparse.Namespace) -> int:
                                 locked_labels=[_CLICK_LABELS[name] for name in args.lock], guidance=args.guidance)
     for point, positive, label in clicks:
         lps = tuple(ras_to_lps(point)) if args.coords == "RAS" else point
-        box = session.add_click(lps, positive, label)
-        print(f"click {'+' if positive else '-'} at {args.coords} {point}: changed region {[(s.start, s.stop) for s in box]} (k, j, i)")
+        session.add_click(lps, positive, label)
+        print(f"click {'+' if positive else '-'}{L.CLASS_NAMES[label]} at {args.coords} {point}: {ClassChange.of_last_change(session).describe()}")
     print(f"labels: {write_labels(session.labels, args.output, ct)}")
     return 0
 

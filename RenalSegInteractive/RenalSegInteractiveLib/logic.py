@@ -27,6 +27,7 @@ import SimpleITK as sitk
 
 from RenalSegLib import labels, volume
 from RenalSegLib.errors import Cancelled
+from RenalSegLib.interactive import ClassChange
 from RenalSegModuleLib import segmentation_io as io
 from RenalSegModuleLib.results import fill_table, measure_rows
 from RenalSegModuleLib.tasks import PersistentWorker
@@ -98,33 +99,7 @@ class EngineSessions:
 class ClickResult:
     box: Box
     labels: np.ndarray  # the session's (k, j, i) KiTS labels inside box, copied on the worker thread
-    change: "ClassChange | None" = None  # a click's change (undo, redo and reset leave it None)
-
-
-@dataclass(frozen=True)
-class ClassChange:
-    """What one change did: the mL each KiTS class gained (negative: lost), for the classes whose volume changed,
-    and the mL of voxels that changed label at all (a reshaped mass can keep its volume)."""
-
-    gained_ml: dict[int, float]
-    moved_ml: float
-
-    @classmethod
-    def between(cls, before: np.ndarray, after: np.ndarray, voxel_ml: float) -> "ClassChange":
-        moved = before != after
-        gained = np.bincount(after[moved], minlength=labels.NUM_CLASSES) - np.bincount(before[moved], minlength=labels.NUM_CLASSES)
-        return cls({klass: float(gained[klass] * voxel_ml) for klass in (labels.KIDNEY, *labels.LESION_LABELS) if gained[klass]},
-                   float(moved.sum() * voxel_ml))
-
-    def describe(self) -> str:
-        """For the status line, e.g. "tumor +2.4 mL, kidney -2.4 mL", or why nothing happened."""
-        if not self.moved_ml:
-            return ("nothing changed: the network kept its answer here. Click nearer the middle of the missed or leaked "
-                    "part, or correct it with the Segment Editor")
-        if not self.gained_ml:
-            return f"{self.moved_ml:.1f} mL reshaped, no class's volume changed"
-        by_size = sorted(self.gained_ml.items(), key=lambda item: -abs(item[1]))
-        return ", ".join(f"{labels.CLASS_NAMES[klass]} {ml:+.1f} mL" for klass, ml in by_size)
+    change: ClassChange | None = None  # a click's change (undo, redo and reset leave it None)
 
 
 class InteractiveLogic:
@@ -252,9 +227,7 @@ class InteractiveLogic:
 
     def _run_click(self, point_lps, positive, label) -> ClickResult:
         box = self._session.add_click(point_lps, positive=positive, label=label)
-        _, before, after = self._session.last_change
-        change = ClassChange.between(before, after, float(np.prod(self._ct.GetSpacing())) / 1000.0)
-        return ClickResult(box, np.array(self._session.labels[box]), change)
+        return ClickResult(box, np.array(self._session.labels[box]), ClassChange.of_last_change(self._session))
 
     def _run_history(self, action: str) -> ClickResult | None:
         box = getattr(self._session, action)()

@@ -88,6 +88,30 @@ def test_segment_writes_labels_with_the_ct_geometry(tmp_path: Path, untrained_mo
     assert sitk.GetArrayViewFromImage(written).max() <= 100  # percent
 
 
+def test_refine_writes_the_refined_labels_and_says_what_each_click_changed(tmp_path: Path, untrained_model: Path, capsys) -> None:
+    from RenalSegLib.interactive import ClassChange
+
+    p = phantoms.kidney_phantom(size=(60, 60, 30), spacing=(4.0, 4.0, 6.0), direction=phantoms.oblique_direction(10.0))
+    sitk.WriteImage(p.ct, str(tmp_path / "ct.nii.gz"))
+    sitk.WriteImage(p.labels, str(tmp_path / "labels.nii.gz"))
+    tumor = ",".join(f"{v:.1f}" for v in phantoms.image_center(p.ct) + np.array(phantoms.TUMOR["center"]))
+    args = ["refine", str(tmp_path / "ct.nii.gz"), str(tmp_path / "labels.nii.gz"), "--coords", "LPS", "--click", f"{tumor},-,tumor",
+            "-o", str(tmp_path / "refined.nii.gz"), "--model", str(untrained_model), "--device", "cpu"]
+    assert cli.main(args) == 0
+    refined = sitk.ReadImage(str(tmp_path / "refined.nii.gz"))
+    assert refined.GetSize() == p.ct.GetSize()
+    np.testing.assert_allclose(refined.GetDirection(), p.ct.GetDirection(), atol=1e-6)
+    before, after = (sitk.GetArrayFromImage(image) for image in (p.labels, refined))
+    change = ClassChange.between(before, after, float(np.prod(p.ct.GetSpacing())) / 1000.0)
+    assert f"click -tumor at LPS ({tumor.replace(',', ', ')}): {change.describe()}" in capsys.readouterr().out
+
+    bad = [*args[:5], "--click", f"{tumor},x", "-o", str(tmp_path / "not_written.nii.gz"), *args[9:]]
+    assert cli.main(bad) == cli.EXIT_USER_ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is neither + / - nor tumor / cyst / kidney" in err[0]
+    assert not (tmp_path / "not_written.nii.gz").exists()
+
+
 def test_segment_refuses_an_unknown_output_format_before_any_work(tmp_path: Path, capsys) -> None:
     code = cli.main(["segment", str(tmp_path / "not_read.nii.gz"), "-o", str(tmp_path / "labels.nii.gz"), "--probability", str(tmp_path / "p.png")])
     err = capsys.readouterr().err.strip().splitlines()

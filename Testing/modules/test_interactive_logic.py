@@ -7,9 +7,10 @@ import pytest
 import SimpleITK as sitk
 from module_fakes import FakeEngine, FakeSession
 
-from RenalSegInteractiveLib.logic import ClassChange, InteractiveLogic
+from RenalSegInteractiveLib.logic import InteractiveLogic
 from RenalSegLib import labels, volume
 from RenalSegLib.errors import RenalSegError
+from RenalSegLib.interactive import ClassChange
 from RenalSegModuleLib import segmentation_io as io
 from RenalSegModuleLib.logic import RenalSegLogic
 
