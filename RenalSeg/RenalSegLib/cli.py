@@ -187,7 +187,7 @@ def _add_refine(sub) -> None:
 def _run_refine(args: argparse.Namespace) -> int:
     from .device import resolve_device
     from . import labels as L
-    from .interactive import ClassChange, RefinementSession
+    from .interactive import RefinementSession
     from .volume import ras_to_lps, read_labels, read_volume, same_geometry, write_labels
 
     clicks = [_parse_click(text) for text in args.click]
@@ -200,7 +200,7 @@ def _run_refine(args: argparse.Namespace) -> int:
     for point, positive, label in clicks:
         lps = tuple(ras_to_lps(point)) if args.coords == "RAS" else point
         session.add_click(lps, positive, label)
-        print(f"click {'+' if positive else '-'}{L.CLASS_NAMES[label]} at {args.coords} {point}: {ClassChange.of_last_change(session).describe()}")
+        print(f"click {'+' if positive else '-'}{L.CLASS_NAMES[label]} at {args.coords} {point}: {L.ClassChange.of_last_change(session).describe()}")
     print(f"labels: {write_labels(session.labels, args.output, ct)}")
     return 0
 

@@ -1,4 +1,5 @@
-"""Label conventions: KiTS label ids, the segments shown to users, terminology, and left/right kidney split.
+"""Label conventions: KiTS label ids, the segments shown to users, terminology, left/right kidney split, and what
+a change of a label map did (``ClassChange``, told to users after each click).
 
 Two label maps appear in RenalSeg:
 - the *KiTS label map* (what the network predicts and what KiTS23 ships): 0 background, 1 kidney,
@@ -174,3 +175,37 @@ def kits_labels_from_segments(segments: np.ndarray) -> np.ndarray:
     for segment in SEGMENTS:
         lookup[segment.value] = segment.kits_label
     return lookup[segments]
+
+
+@dataclass(frozen=True)
+class ClassChange:
+    """What one change did, for people: the mL each KiTS class gained (negative: lost), for the classes whose volume
+    changed, and the mL of voxels that changed label at all (a reshaped mass can keep its volume)."""
+
+    gained_ml: dict[int, float]
+    moved_ml: float
+
+    @classmethod
+    def between(cls, before: np.ndarray, after: np.ndarray, voxel_ml: float) -> "ClassChange":
+        moved = before != after
+        gained = np.bincount(after[moved], minlength=NUM_CLASSES) - np.bincount(before[moved], minlength=NUM_CLASSES)
+        return cls({klass: float(gained[klass] * voxel_ml) for klass in (KIDNEY, *LESION_LABELS) if gained[klass]},
+                   float(moved.sum() * voxel_ml))
+
+    @classmethod
+    def of_last_change(cls, session) -> "ClassChange":
+        """The change a session's latest click (or redo, or reset) made; nothing when it has none."""
+        if session.last_change is None:
+            return cls({}, 0.0)
+        _, before, after = session.last_change
+        return cls.between(before, after, float(np.prod(session.ct.GetSpacing())) / 1000.0)
+
+    def describe(self) -> str:
+        """E.g. "tumor +2.4 mL, kidney -2.4 mL", or why nothing happened."""
+        if not self.moved_ml:
+            return ("nothing changed: the network kept its answer here (click nearer the middle of the missed or leaked "
+                    "part, or correct it by hand)")
+        if not self.gained_ml:
+            return f"{self.moved_ml:.1f} mL reshaped, no class's volume changed"
+        by_size = sorted(self.gained_ml.items(), key=lambda item: -abs(item[1]))
+        return ", ".join(f"{CLASS_NAMES[klass]} {ml:+.1f} mL" for klass, ml in by_size)

@@ -27,7 +27,6 @@ import SimpleITK as sitk
 
 from RenalSegLib import labels, volume
 from RenalSegLib.errors import Cancelled
-from RenalSegLib.interactive import ClassChange
 from RenalSegModuleLib import segmentation_io as io
 from RenalSegModuleLib.results import fill_table, measure_rows
 from RenalSegModuleLib.tasks import PersistentWorker
@@ -99,7 +98,7 @@ class EngineSessions:
 class ClickResult:
     box: Box
     labels: np.ndarray  # the session's (k, j, i) KiTS labels inside box, copied on the worker thread
-    change: ClassChange | None = None  # a click's change (undo, redo and reset leave it None)
+    change: labels.ClassChange | None = None  # a click's change (undo, redo and reset leave it None)
 
 
 class InteractiveLogic:
@@ -227,7 +226,7 @@ class InteractiveLogic:
 
     def _run_click(self, point_lps, positive, label) -> ClickResult:
         box = self._session.add_click(point_lps, positive=positive, label=label)
-        return ClickResult(box, np.array(self._session.labels[box]), ClassChange.of_last_change(self._session))
+        return ClickResult(box, np.array(self._session.labels[box]), labels.ClassChange.of_last_change(self._session))
 
     def _run_history(self, action: str) -> ClickResult | None:
         box = getattr(self._session, action)()

@@ -89,7 +89,7 @@ def test_segment_writes_labels_with_the_ct_geometry(tmp_path: Path, untrained_mo
 
 
 def test_refine_writes_the_refined_labels_and_says_what_each_click_changed(tmp_path: Path, untrained_model: Path, capsys) -> None:
-    from RenalSegLib.interactive import ClassChange
+    from RenalSegLib.labels import ClassChange
 
     p = phantoms.kidney_phantom(size=(60, 60, 30), spacing=(4.0, 4.0, 6.0), direction=phantoms.oblique_direction(10.0))
     sitk.WriteImage(p.ct, str(tmp_path / "ct.nii.gz"))

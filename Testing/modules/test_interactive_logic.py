@@ -10,7 +10,6 @@ from module_fakes import FakeEngine, FakeSession
 from RenalSegInteractiveLib.logic import InteractiveLogic
 from RenalSegLib import labels, volume
 from RenalSegLib.errors import RenalSegError
-from RenalSegLib.interactive import ClassChange
 from RenalSegModuleLib import segmentation_io as io
 from RenalSegModuleLib.logic import RenalSegLogic
 
@@ -112,7 +111,7 @@ def test_each_click_reports_the_volume_each_class_gained(refined):
 def test_a_change_that_keeps_every_volume_is_described_as_reshaped():
     before = np.array([labels.KIDNEY, labels.TUMOR, labels.TUMOR, labels.KIDNEY], np.uint8)
     after = np.array([labels.TUMOR, labels.TUMOR, labels.KIDNEY, labels.KIDNEY], np.uint8)
-    change = ClassChange.between(before, after, 0.5)
+    change = labels.ClassChange.between(before, after, 0.5)
     assert change.gained_ml == {} and change.moved_ml == 1.0
     assert change.describe() == "1.0 mL reshaped, no class's volume changed"
 

@@ -75,7 +75,8 @@ def test_module_files_import_in_plain_python_without_qt():
             "import RenalSeg, RenalSegInteractive\n"
             "assert not RenalSeg.HAVE_GUI and not RenalSegInteractive.HAVE_GUI\n"
             "assert RenalSeg.RenalSegLogic and RenalSegInteractive.InteractiveLogic\n"
-            "assert 'torch' not in sys.modules, 'torch must load lazily, on the worker thread'\n")
+            "assert 'torch' not in sys.modules, 'torch must load lazily, on the worker thread'\n"
+            "assert not {'monai', 'scipy', 'skimage'} & set(sys.modules), 'installed on first use: not imported at load'\n")
     run = subprocess.run([sys.executable, "-c", code, str(ROOT / "RenalSeg"), str(ROOT / "RenalSegInteractive")],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
