@@ -453,8 +453,9 @@ def click_protocol(
     Click 0 is auto mode (``refine([])``). Each further click goes to the centre of the largest error
     region of the ``target`` class (``clicksim.next_click``), naming a class as a user would
     (``clicksim.user_click``: a cyst called tumor gets a positive cyst click), and ``refine`` gets the
-    whole click history. Returns ``dice`` (per HEC, Dice after 0..max_clicks clicks), ``noc85``/``noc90`` (the
-    fewest clicks, 0..noc_cap, giving tumor Dice >= 0.85 / 0.90; ``noc_cap`` when never reached;
+    whole click history. Returns ``dice`` (per HEC, Dice after 0..max_clicks clicks), ``clicks_played`` and
+    ``clicks_unchanged`` (how many of them left the labels as they were: the simulated user then clicks the same
+    error again), ``noc85``/``noc90`` (the fewest clicks, 0..noc_cap, giving tumor Dice >= 0.85 / 0.90; ``noc_cap`` when never reached;
     None when the reference has no tumor), and the lesion false negatives of auto mode versus after
     one click per missed lesion (a fresh session with only those clicks).
     """
@@ -467,6 +468,7 @@ def click_protocol(
     curves = {hec: [dice(region_mask(prediction, hec), region_mask(reference, hec))] for hec in HEC_NAMES}
     tumor = [curves["tumor"][0]]
     settled = False  # the target class is exact: further clicks change nothing
+    unchanged = 0
     last_needed = max(max_clicks, noc_cap if has_tumor else 0)
     for k in range(1, last_needed + 1):
         if k > max_clicks and tumor[-1] >= max(NOC_THRESHOLDS):
@@ -477,13 +479,14 @@ def click_protocol(
                 settled = True
             else:
                 clicks.append(user_click(click, reference, target))
-                prediction = refine(list(clicks))
+                previous, prediction = prediction, refine(list(clicks))
+                unchanged += bool(np.array_equal(previous, prediction))
         tumor.append(dice(prediction == TUMOR, reference == TUMOR))
         if k <= max_clicks:
             for hec in HEC_NAMES:
                 curves[hec].append(dice(region_mask(prediction, hec), region_mask(reference, hec)))
 
-    result: dict = {"dice": curves, "clicks": clicks[:max_clicks]}
+    result: dict = {"dice": curves, "clicks": clicks[:max_clicks], "clicks_played": len(clicks), "clicks_unchanged": unchanged}
     for threshold in NOC_THRESHOLDS:
         reached = [k for k, value in enumerate(tumor) if value >= threshold]
         result[f"noc{round(threshold * 100)}"] = (reached[0] if reached else noc_cap) if has_tumor else None
@@ -510,8 +513,8 @@ def interactive_evaluation(
     ``cases`` holds ``(name, reference KiTS labels, spacing)``; ``make_refine(name, method)`` returns
     the refine callable of that case with that guidance encoding. Per method: mean Dice per HEC
     after each click, mean NoC@85 / NoC@90 over cases with a tumor, the area under the tumor
-    Dice-per-click curve (mean over clicks 0..max_clicks), and the pooled lesion false-negative rate
-    of auto mode and after one click per missed lesion.
+    Dice-per-click curve (mean over clicks 0..max_clicks), the pooled lesion false-negative rate
+    of auto mode and after one click per missed lesion, and the share of clicks that changed nothing.
     """
     result: dict = {"max_clicks": max_clicks, "noc_cap": noc_cap, "target": list(target), "methods": {}}
     for method in methods:
@@ -526,6 +529,7 @@ def interactive_evaluation(
             "lesions": lesions,
             "lesion_fn_rate_auto": _ratio(sum(run["lesions_missed_auto"] for run in runs), lesions),
             "lesion_fn_rate_after_clicks": _ratio(sum(run["lesions_missed_after_clicks"] for run in runs), lesions),
+            "unchanged_click_rate": _ratio(sum(run["clicks_unchanged"] for run in runs), sum(run["clicks_played"] for run in runs)),
             "cases": per_case,
         }
         summary["tumor_dice_auc"] = float(np.mean(summary["dice"]["tumor"]))
@@ -561,6 +565,7 @@ def format_interactive_table(result: dict) -> str:
         ("tumor_dice_auc", "tumor Dice AUC"),
         ("lesion_fn_rate_auto", "lesion FN rate, auto"),
         ("lesion_fn_rate_after_clicks", "lesion FN, 1 click/miss"),
+        ("unchanged_click_rate", "clicks changing nothing"),
     ):
         lines.append(f"{title:22s}" + "".join(f"{result['methods'][method][key]:15.3f}" for method in methods))
         if key in ("noc85", "noc90"):

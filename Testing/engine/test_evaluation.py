@@ -368,6 +368,7 @@ def test_click_protocol_counts_clicks_to_threshold_and_lesion_misses_exactly():
     assert run["noc85"] == 3 and run["noc90"] == 3
     assert all(positive and tumor[index] and label == TUMOR for index, positive, label in calls[1])  # inside the missed tumor
     assert (run["lesions"], run["lesions_missed_auto"], run["lesions_missed_after_clicks"]) == (2, 1, 1)
+    assert (run["clicks_played"], run["clicks_unchanged"]) == (3, 2)  # the first two clicks left auto mode's labels
     # auto + 3 clicks (after which the tumor is exact and no click is left to place) + the missed-lesion session
     assert len(calls) == 5
 
@@ -415,6 +416,7 @@ def test_click_protocol_caps_noc_when_the_threshold_is_never_reached():
     assert run["noc85"] == 7 and run["noc90"] == 7
     assert len(run["dice"]["tumor"]) == 5
     assert calls == [0, 1, 2, 3, 4, 5, 6, 7, 1]  # clicks go on to the cap, then the missed-lesion session
+    assert (run["clicks_played"], run["clicks_unchanged"]) == (7, 7)
 
 
 def test_interactive_evaluation_reports_both_guidance_methods_side_by_side():
@@ -438,7 +440,9 @@ def test_interactive_evaluation_reports_both_guidance_methods_side_by_side():
     assert adaptive["dice"]["tumor"][1] > gaussian["dice"]["tumor"][1]  # the adaptive mask fills the lesion
     assert adaptive["lesion_fn_rate_auto"] == 0.5 and adaptive["lesion_fn_rate_after_clicks"] == 0.0
     table = evaluation.format_interactive_table(result)
-    assert "NoC@90" in table and "adaptive" in table and "gaussian" in table
+    assert "NoC@90" in table and "adaptive" in table and "gaussian" in table and "clicks changing nothing" in table
+    case = gaussian["cases"]["case"]
+    assert case["clicks_played"] > 0 and gaussian["unchanged_click_rate"] == case["clicks_unchanged"] / case["clicks_played"]
     assert adaptive["intervals"]["tumor_dice"][1] == (adaptive["dice"]["tumor"][1],) * 2  # one case: no spread
     # A second case segmented perfectly from the start: the intervals span the two cases.
     two = evaluation.interactive_evaluation([("case", reference, spacing), ("perfect", reference, spacing)],
