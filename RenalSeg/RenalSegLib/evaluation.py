@@ -455,8 +455,8 @@ def click_protocol(
     (``clicksim.user_click``: a cyst called tumor gets a positive cyst click), and ``refine`` gets the
     whole click history. Returns ``dice`` (per HEC, Dice after 0..max_clicks clicks), ``clicks_played`` and
     ``clicks_unchanged`` (how many of them left the labels as they were: the simulated user then clicks the same
-    error again), ``noc85``/``noc90`` (the fewest clicks, 0..noc_cap, giving tumor Dice >= 0.85 / 0.90; ``noc_cap`` when never reached;
-    None when the reference has no tumor), and the lesion false negatives of auto mode versus after
+    error again), ``noc85``/``noc90`` (the fewest clicks, 0..noc_cap, giving tumor Dice >= 0.85 / 0.90;
+    ``noc_cap`` when never reached; None when the reference has no tumor), and the lesion false negatives of auto mode versus after
     one click per missed lesion (a fresh session with only those clicks).
     """
     has_tumor = bool(np.any(reference == TUMOR))

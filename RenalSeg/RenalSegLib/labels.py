@@ -206,6 +206,11 @@ class ClassChange:
             return ("nothing changed: the network kept its answer here (click nearer the middle of the missed or leaked "
                     "part, or correct it by hand)")
         if not self.gained_ml:
-            return f"{self.moved_ml:.1f} mL reshaped, no class's volume changed"
+            return f"{_ml(self.moved_ml)} mL reshaped, no class's volume changed"
         by_size = sorted(self.gained_ml.items(), key=lambda item: -abs(item[1]))
-        return ", ".join(f"{CLASS_NAMES[klass]} {ml:+.1f} mL" for klass, ml in by_size)
+        return ", ".join(f"{CLASS_NAMES[klass]} {_ml(ml, '+')} mL" for klass, ml in by_size)
+
+
+def _ml(volume: float, sign: str = "") -> str:
+    """A volume in mL to one decimal, or to two significant digits below 0.1 mL (a few voxels are not "0.0")."""
+    return f"{volume:{sign}.1f}" if abs(volume) >= 0.1 else f"{volume:{sign}.2g}"

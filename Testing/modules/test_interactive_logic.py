@@ -108,12 +108,14 @@ def test_each_click_reports_the_volume_each_class_gained(refined):
     assert again.change.moved_ml == 0 and again.change.describe().startswith("nothing changed")
 
 
-def test_a_change_that_keeps_every_volume_is_described_as_reshaped():
+def test_a_change_that_keeps_every_volume_is_described_as_reshaped_and_a_few_voxels_not_as_zero():
     before = np.array([labels.KIDNEY, labels.TUMOR, labels.TUMOR, labels.KIDNEY], np.uint8)
     after = np.array([labels.TUMOR, labels.TUMOR, labels.KIDNEY, labels.KIDNEY], np.uint8)
     change = labels.ClassChange.between(before, after, 0.5)
     assert change.gained_ml == {} and change.moved_ml == 1.0
     assert change.describe() == "1.0 mL reshaped, no class's volume changed"
+    one_voxel = labels.ClassChange.between(before[:1], after[:1], 0.002)  # a kidney voxel became tumor
+    assert one_voxel.describe() == "kidney -0.002 mL, tumor +0.002 mL"
 
 
 def test_click_outside_the_image_changes_nothing(refined):
