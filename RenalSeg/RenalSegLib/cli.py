@@ -185,8 +185,8 @@ def _add_refine(sub) -> None:
 
 
 def _run_refine(args: argparse.Namespace) -> int:
-    from .device import resolve_device
     from . import labels as L
+    from .device import resolve_device
     from .interactive import RefinementSession
     from .volume import ras_to_lps, read_labels, read_volume, same_geometry, write_labels
 
