@@ -438,6 +438,11 @@ def write_csv(rows: Sequence[dict], path: str | os.PathLike, summary: dict | Non
 
 NOC_THRESHOLDS = (0.85, 0.90)
 NOC_CAP = 20  # clicks; a case that never reaches the threshold counts as NOC_CAP (the usual convention)
+# The click figures are also given per tumor size: the diameter of a sphere of a case's reference tumor volume,
+# split at the TNM bounds of 4 and 7 cm (T1a / T1b / T2, which TNM takes on the greatest diameter). Partial
+# nephrectomy, what the clicks serve, is mostly for tumors of up to 4 cm, and a thin error rim costs a small
+# tumor far more Dice than a large one.
+TUMOR_SIZE_BOUNDS_CM = (4.0, 7.0)
 
 
 def click_protocol(
@@ -453,7 +458,8 @@ def click_protocol(
     Click 0 is auto mode (``refine([])``). Each further click goes to the centre of the largest error
     region of the ``target`` class (``clicksim.next_click``), naming a class as a user would
     (``clicksim.user_click``: a cyst called tumor gets a positive cyst click), and ``refine`` gets the
-    whole click history. Returns ``dice`` (per HEC, Dice after 0..max_clicks clicks), ``clicks_played`` and
+    whole click history. Returns ``dice`` (per HEC, Dice after 0..max_clicks clicks), ``tumor_ml`` (the reference
+    tumor volume, mL, with ``spacing`` in mm), ``clicks_played`` and
     ``clicks_unchanged`` (how many of them left the labels as they were: the simulated user then clicks the same
     error again), ``noc85``/``noc90`` (the fewest clicks, 0..noc_cap, giving tumor Dice >= 0.85 / 0.90;
     ``noc_cap`` when never reached; None when the reference has no tumor), and the lesion false negatives of auto mode versus after
@@ -486,7 +492,8 @@ def click_protocol(
             for hec in HEC_NAMES:
                 curves[hec].append(dice(region_mask(prediction, hec), region_mask(reference, hec)))
 
-    result: dict = {"dice": curves, "clicks": clicks[:max_clicks], "clicks_played": len(clicks), "clicks_unchanged": unchanged}
+    result: dict = {"dice": curves, "clicks": clicks[:max_clicks], "clicks_played": len(clicks), "clicks_unchanged": unchanged,
+                    "tumor_ml": float(np.count_nonzero(reference == TUMOR) * np.prod(spacing) / 1000.0)}
     for threshold in NOC_THRESHOLDS:
         reached = [k for k, value in enumerate(tumor) if value >= threshold]
         result[f"noc{round(threshold * 100)}"] = (reached[0] if reached else noc_cap) if has_tumor else None
@@ -514,7 +521,8 @@ def interactive_evaluation(
     the refine callable of that case with that guidance encoding. Per method: mean Dice per HEC
     after each click, mean NoC@85 / NoC@90 over cases with a tumor, the area under the tumor
     Dice-per-click curve (mean over clicks 0..max_clicks), the pooled lesion false-negative rate
-    of auto mode and after one click per missed lesion, and the share of clicks that changed nothing.
+    of auto mode and after one click per missed lesion, the share of clicks that changed nothing, and the
+    tumor figures per tumor size (``by_tumor_size``).
     """
     result: dict = {"max_clicks": max_clicks, "noc_cap": noc_cap, "target": list(target), "methods": {}}
     for method in methods:
@@ -533,6 +541,7 @@ def interactive_evaluation(
             "cases": per_case,
         }
         summary["tumor_dice_auc"] = float(np.mean(summary["dice"]["tumor"]))
+        summary["by_tumor_size"] = by_tumor_size(runs)
         rng = np.random.default_rng(0)
         tumor_dice = np.array([run["dice"]["tumor"] for run in runs], float)  # (cases, clicks + 1)
         summary["intervals"] = {"tumor_dice": [bootstrap_interval([column], _mean, rng) for column in tumor_dice.T]}
@@ -542,6 +551,31 @@ def interactive_evaluation(
             summary["intervals"][key] = bootstrap_interval([np.array(values, float)], _mean, rng) if values else (math.nan, math.nan)
         result["methods"][method] = summary
     return result
+
+
+def sphere_diameter_cm(volume_ml: float) -> float:
+    """The diameter (cm) of a sphere of ``volume_ml`` millilitres (cm^3)."""
+    return (6.0 * volume_ml / math.pi) ** (1.0 / 3.0)
+
+
+def by_tumor_size(runs: Sequence[dict]) -> list[dict]:
+    """``click_protocol`` runs of cases with a tumor grouped by size (``TUMOR_SIZE_BOUNDS_CM`` on the diameter of a
+    sphere of the reference tumor volume): per group its bounds (``diameter_cm``, low exclusive), the number of
+    cases, their mean tumor Dice after each click and mean NoC@85 / NoC@90 (NaN for an empty group)."""
+    bounds = (0.0, *TUMOR_SIZE_BOUNDS_CM, math.inf)
+    groups = []
+    for low, high in zip(bounds[:-1], bounds[1:]):
+        members = [run for run in runs if run["tumor_ml"] > 0 and low < sphere_diameter_cm(run["tumor_ml"]) <= high]
+        group = {"diameter_cm": [low, high], "cases": len(members),
+                 "tumor_dice": np.mean([run["dice"]["tumor"] for run in members], axis=0).round(4).tolist() if members else []}
+        for key in ("noc85", "noc90"):
+            group[key] = float(np.mean([run[key] for run in members])) if members else math.nan
+        groups.append(group)
+    return groups
+
+
+def _size_title(low: float, high: float) -> str:
+    return f"up to {high:g} cm" if low == 0 else f"over {low:g} cm" if math.isinf(high) else f"{low:g}-{high:g} cm"
 
 
 def format_interactive_table(result: dict) -> str:
@@ -571,6 +605,13 @@ def format_interactive_table(result: dict) -> str:
         if key in ("noc85", "noc90"):
             bounds = ("{:.1f}-{:.1f}".format(*result["methods"][method]["intervals"][key]) for method in methods)
             lines.append(f"{'  ' + INTERVAL_TITLE:22s}" + "".join(f"{b:>15s}" for b in bounds))
+    shown = sorted({1, 3, result["max_clicks"]} & set(range(1, result["max_clicks"] + 1)))
+    for method in methods:
+        lines.append(f"tumor figures by tumor size (diameter of a sphere of the reference tumor volume), {method}:")
+        lines.append(f"{'  size':16s}{'cases':>6s}" + "".join(f"{'after ' + str(k):>9s}" for k in shown) + f"{'NoC@85':>8s}{'NoC@90':>8s}")
+        for group in result["methods"][method]["by_tumor_size"]:
+            dice_after = "".join(f"{group['tumor_dice'][k]:9.3f}" if group["cases"] else f"{'-':>9s}" for k in shown)
+            lines.append(f"  {_size_title(*group['diameter_cm']):14s}{group['cases']:6d}{dice_after}{group['noc85']:8.1f}{group['noc90']:8.1f}")
     return "\n".join(lines)
 
 

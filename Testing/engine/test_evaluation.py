@@ -369,6 +369,7 @@ def test_click_protocol_counts_clicks_to_threshold_and_lesion_misses_exactly():
     assert all(positive and tumor[index] and label == TUMOR for index, positive, label in calls[1])  # inside the missed tumor
     assert (run["lesions"], run["lesions_missed_auto"], run["lesions_missed_after_clicks"]) == (2, 1, 1)
     assert (run["clicks_played"], run["clicks_unchanged"]) == (3, 2)  # the first two clicks left auto mode's labels
+    assert run["tumor_ml"] == pytest.approx(tumor.sum() * 8.0 / 1000.0)  # 2 mm voxels: 8 uL each
     # auto + 3 clicks (after which the tumor is exact and no click is left to place) + the missed-lesion session
     assert len(calls) == 5
 
@@ -441,6 +442,8 @@ def test_interactive_evaluation_reports_both_guidance_methods_side_by_side():
     assert adaptive["lesion_fn_rate_auto"] == 0.5 and adaptive["lesion_fn_rate_after_clicks"] == 0.0
     table = evaluation.format_interactive_table(result)
     assert "NoC@90" in table and "adaptive" in table and "gaussian" in table and "clicks changing nothing" in table
+    assert [group["cases"] for group in gaussian["by_tumor_size"]] == [1, 0, 0]  # an 8 mm tumor sphere
+    assert table.count("tumor figures by tumor size") == 2
     case = gaussian["cases"]["case"]
     assert case["clicks_played"] > 0 and gaussian["unchanged_click_rate"] == case["clicks_unchanged"] / case["clicks_played"]
     assert adaptive["intervals"]["tumor_dice"][1] == (adaptive["dice"]["tumor"][1],) * 2  # one case: no spread
@@ -454,6 +457,29 @@ def test_interactive_evaluation_reports_both_guidance_methods_side_by_side():
     lines = evaluation.format_interactive_table({**result, "methods": {"gaussian": two}}).splitlines()
     assert lines[2].split()[-1] == "0.000-1.000"  # click 0, tumor Dice interval
     assert lines[lines.index(next(line for line in lines if line.startswith("NoC@90"))) + 1].split() == ["95%", "CI", "0.0-5.0"]
+
+
+def test_click_figures_by_tumor_size_split_at_the_tnm_bounds():
+    def run(tumor_ml, curve, noc):
+        return {"tumor_ml": tumor_ml, "dice": {"tumor": curve}, "noc85": noc, "noc90": noc}
+
+    sphere_4cm = math.pi * 4.0 ** 3 / 6.0  # mL of a 4 cm sphere: the bound itself belongs to the smaller group
+    assert evaluation.sphere_diameter_cm(sphere_4cm) == pytest.approx(4.0)
+    runs = [run(1.0, [0.2, 0.4], 20), run(sphere_4cm, [0.6, 0.8], 4), run(50.0, [0.9, 0.95], 0),
+            run(0.0, [1.0, 1.0], None)]  # no tumor: in no group
+    small, middle, large = evaluation.by_tumor_size(runs)
+    assert small["diameter_cm"] == [0.0, 4.0] and small["cases"] == 2
+    assert small["tumor_dice"] == pytest.approx([0.4, 0.6]) and small["noc90"] == 12.0
+    assert middle["cases"] == 1 and middle["tumor_dice"] == [0.9, 0.95] and middle["noc85"] == 0.0
+    assert large["diameter_cm"] == [7.0, math.inf] and large["cases"] == 0 and math.isnan(large["noc90"])
+    result = {"max_clicks": 1, "noc_cap": 20, "methods": {"gaussian": {
+        "dice": {hec: [0.5, 0.6] for hec in evaluation.HEC_NAMES}, "intervals": {"tumor_dice": [(0.0, 1.0)] * 2, "noc85": (0, 20), "noc90": (0, 20)},
+        "noc85": 8.0, "noc90": 8.0, "tumor_dice_auc": 0.55, "lesion_fn_rate_auto": 0.0, "lesion_fn_rate_after_clicks": 0.0,
+        "unchanged_click_rate": 0.0, "by_tumor_size": [small, middle, large]}}}
+    lines = evaluation.format_interactive_table(result).splitlines()
+    assert lines[-3].split() == ["up", "to", "4", "cm", "2", "0.600", "12.0", "12.0"]
+    assert lines[-2].split() == ["4-7", "cm", "1", "0.950", "0.0", "0.0"]
+    assert lines[-1].split() == ["over", "7", "cm", "0", "-", "nan", "nan"]
 
 
 def _click_result(curves: dict[str, list[list[float]]], noc90: dict[str, list[int | None]]) -> dict:
