@@ -165,7 +165,9 @@ def test_interactive_evaluation_reports_both_encodings_and_click_latency(tmp_pat
         summary = result["methods"][method]
         assert summary["lesion_fn_rate_auto"] == 0.5  # the tumor missed, the cyst found
         assert summary["click_seconds"]["clicks"] >= 1 and summary["click_seconds"]["median"] > 0
-    assert "click latency (adaptive" in capsys.readouterr().out
+        assert sum(group["cases"] for group in summary["by_tumor_size"]) == 1  # the one case, in its size group
+    printed = capsys.readouterr().out
+    assert "click latency (adaptive" in printed and "tumor figures by tumor size" in printed
     both = tmp_path / "both.json"
     out.rename(both)
     assert cli.main([*args, "--guidance", "gaussian", "--interactive-baseline", str(both)]) == 0  # one encoding only
