@@ -580,7 +580,7 @@ def _size_title(low: float, high: float) -> str:
 
 def format_interactive_table(result: dict) -> str:
     """Plain-text comparison of the guidance methods: Dice per HEC after each click (with the interval of tumor
-    Dice), NoC (with intervals) and lesion misses."""
+    Dice), NoC (with intervals), lesion misses, and the tumor figures per tumor size."""
     methods = list(result["methods"])
     columns = [(method, hec) for hec in HEC_NAMES for method in methods]
     short = {"kidney_and_masses": "kid+mass", "masses": "masses", "tumor": "tumor"}
