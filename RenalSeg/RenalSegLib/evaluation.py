@@ -465,7 +465,8 @@ def click_protocol(
     ``noc_cap`` when never reached; None when the reference has no tumor), and the lesion false negatives of auto mode versus after
     one click per missed lesion (a fresh session with only those clicks).
     """
-    has_tumor = bool(np.any(reference == TUMOR))
+    tumor_voxels = int(np.count_nonzero(reference == TUMOR))
+    has_tumor = tumor_voxels > 0
     clicks: list[UserClick] = []
     prediction = refine([])
     if prediction.shape != reference.shape:
@@ -493,7 +494,7 @@ def click_protocol(
                 curves[hec].append(dice(region_mask(prediction, hec), region_mask(reference, hec)))
 
     result: dict = {"dice": curves, "clicks": clicks[:max_clicks], "clicks_played": len(clicks), "clicks_unchanged": unchanged,
-                    "tumor_ml": float(np.count_nonzero(reference == TUMOR) * np.prod(spacing) / 1000.0)}
+                    "tumor_ml": float(tumor_voxels * np.prod(spacing) / 1000.0)}
     for threshold in NOC_THRESHOLDS:
         reached = [k for k, value in enumerate(tumor) if value >= threshold]
         result[f"noc{round(threshold * 100)}"] = (reached[0] if reached else noc_cap) if has_tumor else None
@@ -565,7 +566,7 @@ def by_tumor_size(runs: Sequence[dict]) -> list[dict]:
     bounds = (0.0, *TUMOR_SIZE_BOUNDS_CM, math.inf)
     groups = []
     for low, high in zip(bounds[:-1], bounds[1:]):
-        members = [run for run in runs if run["tumor_ml"] > 0 and low < sphere_diameter_cm(run["tumor_ml"]) <= high]
+        members = [run for run in runs if low < sphere_diameter_cm(run["tumor_ml"]) <= high]  # no tumor: diameter 0, in none
         group = {"diameter_cm": [low, high], "cases": len(members),
                  "tumor_dice": np.mean([run["dice"]["tumor"] for run in members], axis=0).round(4).tolist() if members else []}
         for key in ("noc85", "noc90"):
