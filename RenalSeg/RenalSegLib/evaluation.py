@@ -38,7 +38,7 @@ from .clicksim import UserClick, missed_lesion_clicks, next_click, user_click
 from .errors import RenalSegError
 from .labels import CYST, HEC_REGIONS, LESION_LABELS, SURFACE_DICE_TOLERANCE_MM, TUMOR, lesion_classes, region_mask
 from .outputs import atomic_path
-from .volume import LABEL_SUFFIXES, case_name
+from .volume import LABEL_SUFFIXES, case_name, voxel_ml
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
@@ -161,7 +161,7 @@ def evaluate_case(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -
         p, r = region_mask(pred, hec), region_mask(ref, hec)
         row[f"dice_{hec}"] = dice(p, r)
         row[f"surface_dice_{hec}"] = surface_dice(p, r, spacing, SURFACE_DICE_TOLERANCE_MM[hec])
-    row.update(lesion_detection(pred, ref, voxel_ml=float(np.prod(spacing)) / 1000.0))
+    row.update(lesion_detection(pred, ref, voxel_ml=voxel_ml(spacing)))
     return row
 
 
@@ -494,7 +494,7 @@ def click_protocol(
                 curves[hec].append(dice(region_mask(prediction, hec), region_mask(reference, hec)))
 
     result: dict = {"dice": curves, "clicks": clicks[:max_clicks], "clicks_played": len(clicks), "clicks_unchanged": unchanged,
-                    "tumor_ml": float(tumor_voxels * np.prod(spacing) / 1000.0)}
+                    "tumor_ml": tumor_voxels * voxel_ml(spacing)}
     for threshold in NOC_THRESHOLDS:
         reached = [k for k, value in enumerate(tumor) if value >= threshold]
         result[f"noc{round(threshold * 100)}"] = (reached[0] if reached else noc_cap) if has_tumor else None

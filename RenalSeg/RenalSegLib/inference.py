@@ -23,7 +23,7 @@ from . import labels as L
 from .errors import Cancelled, RenalSegError  # noqa: F401  (Cancelled: callers catch inference.Cancelled)
 from .network import minimum_input_multiple
 from .preprocess import LEFT_RIGHT_AXIS, grid_for_image, grid_for_region, index_box_covering, normalize_ct, resample_onto
-from .volume import labels_like
+from .volume import labels_like, voxel_ml
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ def postprocess(kits: np.ndarray, spacing) -> np.ndarray:
     """
     from scipy import ndimage
 
-    voxel_ml = float(np.prod(spacing)) / 1000.0
+    ml_per_voxel = voxel_ml(spacing)
     out = kits.copy()
     box = _labelled_box(out)
     if box is None:
@@ -208,7 +208,7 @@ def postprocess(kits: np.ndarray, spacing) -> np.ndarray:
     view = out[box]
     components, count = ndimage.label(view > 0)
     if count:
-        kidney_ml = np.bincount(components[view == L.KIDNEY], minlength=count + 1)[1:] * voxel_ml
+        kidney_ml = np.bincount(components[view == L.KIDNEY], minlength=count + 1)[1:] * ml_per_voxel
         candidates = [c for c in np.argsort(-kidney_ml, kind="stable") if kidney_ml[c] >= MIN_KIDNEY_TISSUE_ML]
         keep = np.zeros(count + 1, bool)
         keep[np.array(candidates[:MAX_KIDNEYS], int) + 1] = True
@@ -216,7 +216,7 @@ def postprocess(kits: np.ndarray, spacing) -> np.ndarray:
     lesions, count = ndimage.label(np.isin(view, L.LESION_LABELS))
     if count:
         small = np.zeros(count + 1, bool)
-        small[1:] = np.bincount(lesions.ravel(), minlength=count + 1)[1:] * voxel_ml < MIN_LESION_ML
+        small[1:] = np.bincount(lesions.ravel(), minlength=count + 1)[1:] * ml_per_voxel < MIN_LESION_ML
         view[small[lesions]] = L.KIDNEY
         lesions[small[lesions]] = 0
         kept = lesions > 0

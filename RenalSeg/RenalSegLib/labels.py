@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from .volume import voxel_ml
+
 BACKGROUND, KIDNEY, TUMOR, CYST = 0, 1, 2, 3
 CLASS_NAMES = ("background", "kidney", "tumor", "cyst")
 NUM_CLASSES = 4
@@ -186,11 +188,11 @@ class ClassChange:
     moved_ml: float
 
     @classmethod
-    def between(cls, before: np.ndarray, after: np.ndarray, voxel_ml: float) -> "ClassChange":
+    def between(cls, before: np.ndarray, after: np.ndarray, ml_per_voxel: float) -> "ClassChange":
         moved = before != after
         gained = np.bincount(after[moved], minlength=NUM_CLASSES) - np.bincount(before[moved], minlength=NUM_CLASSES)
-        return cls({klass: float(gained[klass] * voxel_ml) for klass in (KIDNEY, *LESION_LABELS) if gained[klass]},
-                   float(moved.sum() * voxel_ml))
+        return cls({klass: float(gained[klass] * ml_per_voxel) for klass in (KIDNEY, *LESION_LABELS) if gained[klass]},
+                   float(moved.sum() * ml_per_voxel))
 
     @classmethod
     def of_last_change(cls, session) -> "ClassChange":
@@ -198,7 +200,7 @@ class ClassChange:
         if session.last_change is None:
             return cls({}, 0.0)
         _, before, after = session.last_change
-        return cls.between(before, after, float(np.prod(session.ct.GetSpacing())) / 1000.0)
+        return cls.between(before, after, voxel_ml(session.ct.GetSpacing()))
 
     def describe(self) -> str:
         """E.g. "tumor +2.4 mL, kidney -2.4 mL", or why nothing happened."""

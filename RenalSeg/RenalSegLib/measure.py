@@ -280,7 +280,7 @@ def measure(kits_labels: sitk.Image, ct: sitk.Image | None = None, anatomy: Anat
     kidney_total = {}
     for kidney in anatomy.kidneys:
         check_cancel()
-        lesion_ml = sum(anatomy.structure(n).mask.sum() for n in kidney.lesions) * np.prod(kits_labels.GetSpacing()) / 1000.0
+        lesion_ml = sum(anatomy.structure(n).mask.sum() for n in kidney.lesions) * volume.voxel_ml(kits_labels.GetSpacing())
         metrics = metrics_of(kidney)
         kidney_total[kidney.name] = metrics["volume_ml"] + lesion_ml
         mean, std = _hu(anatomy, kidney)

@@ -11,6 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .measure import Anatomy, Structure, analyse, shape_metrics
+from .volume import voxel_ml
 
 # Kutikov & Uzzo 2009 thresholds (see REFERENCE.md).
 R_CM = (4.0, 7.0)  # <= 4 cm: 1, > 4 and < 7: 2, >= 7: 3
@@ -105,10 +106,10 @@ def renal_sinus(anatomy: Anatomy, kidney: Structure) -> tuple[tuple[slice, slice
         return box, None
     kidney_x = anatomy.points_lps(box, parenchyma)[:, 0].mean()
     midline = anatomy_midline_x(anatomy)
-    voxel_ml = float(np.prod(anatomy.labels.GetSpacing())) / 1000.0
+    ml_per_voxel = voxel_ml(anatomy.labels.GetSpacing())
     sizes = ndimage.sum_labels(pocket, parts, range(1, count + 1))
     for index in np.argsort(sizes)[::-1]:
-        if sizes[index] * voxel_ml < MIN_SINUS_ML:
+        if sizes[index] * ml_per_voxel < MIN_SINUS_ML:
             break
         part = parts == index + 1
         if abs(anatomy.points_lps(box, part)[:, 0].mean() - midline) < abs(kidney_x - midline):

@@ -38,7 +38,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import labels as L
-from .volume import index_to_physical, ijk_to_lps_matrix, physical_to_index
+from .volume import index_to_physical, ijk_to_lps_matrix, physical_to_index, voxel_ml
 
 PHASES = ("corticomedullary", "nephrographic")
 
@@ -292,14 +292,14 @@ def _kidneys(coarse_labels: np.ndarray, grid: sitk.Image) -> list[_Kidney]:
     from scipy import ndimage
 
     components, count = ndimage.label(coarse_labels > 0)
-    voxel_ml = float(np.prod(grid.GetSpacing())) / 1000.0
+    ml_per_voxel = voxel_ml(grid.GetSpacing())
     found = []
     for index, box in enumerate(ndimage.find_objects(components), start=1):
         kji = np.argwhere(components[box] == index) + [s.start for s in box]
-        if len(kji) * voxel_ml < 15.0:
+        if len(kji) * ml_per_voxel < 15.0:
             continue
         lps = index_to_physical(grid, kji[:, ::-1].astype(float))
-        found.append(_Kidney(lps.mean(0), (float(lps[:, 2].min()), float(lps[:, 2].max())), 0.0, len(kji) * voxel_ml))
+        found.append(_Kidney(lps.mean(0), (float(lps[:, 2].min()), float(lps[:, 2].max())), 0.0, len(kji) * ml_per_voxel))
         found[-1].medial_extent = float(np.abs(lps[:, 0] - lps[:, 0].mean()).max())
         found[-1].width_mm = float(lps[:, 0].max() - lps[:, 0].min())
     found.sort(key=lambda k: -k.volume_ml)

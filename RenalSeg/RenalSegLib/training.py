@@ -30,7 +30,7 @@ from .device import bf16_supported
 from .errors import RenalSegError
 from .network import FINE_IN_CHANNELS, MEMORY_CHANNEL, NetworkConfig, minimum_input_multiple
 from .preprocess import LEFT_RIGHT_AXIS, grid_for_region, normalize_ct, resample_onto
-from .volume import read_labels, read_volume
+from .volume import read_labels, read_volume, voxel_ml
 
 log = logging.getLogger(__name__)
 
@@ -527,7 +527,7 @@ def validate(model, config: NetworkConfig, cache_dir: Path, names: list[str], au
             if config.out_channels == 4:
                 prediction = postprocess(decide_labels(torch.softmax(logits.float(), 1)[0].numpy()), spacing)
                 regions = L.HEC_REGIONS
-                found = lesion_detection(prediction, reference, voxel_ml=float(np.prod(spacing)) / 1000.0)
+                found = lesion_detection(prediction, reference, voxel_ml=voxel_ml(spacing))
                 for key in lesions:
                     lesions[key] += found[key]
             else:

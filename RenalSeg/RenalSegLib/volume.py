@@ -280,6 +280,11 @@ def index_to_physical(image: sitk.Image, indices: np.ndarray) -> np.ndarray:
     return indices @ matrix[:3, :3].T + matrix[:3, 3]
 
 
+def voxel_ml(spacing) -> float:
+    """The volume of one voxel in mL, from its spacing in mm (any axis order)."""
+    return float(np.prod(spacing)) / 1000.0
+
+
 def same_geometry(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-4) -> bool:
     """True when two images share size, spacing, origin and direction (within ``tolerance``)."""
     return (

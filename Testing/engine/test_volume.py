@@ -177,6 +177,11 @@ def test_lps_ras_conversion_negates_x_and_y() -> None:
     np.testing.assert_array_equal(V.ras_to_lps(V.lps_to_ras([7.0, 8.0, 9.0])), [7.0, 8.0, 9.0])
 
 
+def test_voxel_ml_is_the_voxel_volume_in_millilitres() -> None:
+    assert V.voxel_ml((0.8, 0.8, 2.5)) == pytest.approx(0.0016)  # 1.6 mm^3
+    assert V.voxel_ml([2.0, 2.0, 2.0]) == pytest.approx(0.008)
+
+
 # --- bad input -------------------------------------------------------------------------------------
 
 def _write(image: sitk.Image, path: Path) -> Path:
