@@ -41,7 +41,9 @@ MAX_KIDNEYS = 2  # kidney-and-masses components kept, those with the most kidney
 # needs about 0.5, and splits a mass's probability between tumor and cyst). Tuned with MIN_LESION_ML on 10
 # training-split synthetic cases (23 lesions), postprocessed: argmax with 0.5 mL, the previous rule, gave
 # masses Dice 0.31, lesion recall 0.61, 3.1 false-positive lesions per case; share 0.3 with 0.5 / 1 / 2 mL
-# 0.35 / 0.36 / 0.35, recall 0.87 / 0.83 / 0.74, FP 3.0 / 2.3 / 1.6; share 0.4 with 1 mL 0.35, 0.74, 2.0.
+# 0.35 / 0.36 / 0.35, recall 0.87 / 0.83 / 0.74, FP 3.0 / 2.3 / 1.6; share 0.4 with 1 mL 0.35, 0.74, 2.0. With the
+# bundled model on 34 tune cases 0.5 mL found more small lesions for far more false ones (lesion F1 0.494 vs 0.511;
+# docs/accuracy.md, "The smallest lesion kept").
 MASS_SHARE = 0.3
 # Bosniak 2019: a homogeneous renal mass of simple-fluid attenuation (-9 to 20 HU) on contrast-enhanced CT is a
 # benign cyst. A mass the network calls tumor becomes cyst when its core (the mass less its one-voxel rim, where
