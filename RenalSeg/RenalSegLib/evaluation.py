@@ -459,13 +459,16 @@ def click_protocol(
     region of the ``target`` class (``clicksim.next_click``), naming a class as a user would
     (``clicksim.user_click``: a cyst called tumor gets a positive cyst click), and ``refine`` gets the
     whole click history. Returns ``dice`` (per HEC, Dice after 0..max_clicks clicks), ``tumor_ml`` (the reference
-    tumor volume, mL, with ``spacing`` in mm), ``clicks_played`` and
-    ``clicks_unchanged`` (how many of them left the labels as they were: the simulated user then clicks the same
-    error again), ``noc85``/``noc90`` (the fewest clicks, 0..noc_cap, giving tumor Dice >= 0.85 / 0.90;
-    ``noc_cap`` when never reached; None when the reference has no tumor), and the lesion false negatives of auto mode versus after
-    one click per missed lesion (a fresh session with only those clicks).
+    tumor volume, mL, with ``spacing`` in mm), ``clicks_played`` and ``clicks_unchanged`` (how many of them left the
+    labels as they were: the simulated user then clicks the same error again), ``positive_added`` /
+    ``positive_added_true`` (voxels of the ``target`` classes the positive clicks added, and how many of those the
+    reference holds), ``negative_removed`` / ``negative_removed_true`` (the same for what the negative clicks removed:
+    reference voxels there were taken back wrongly), ``noc85``/``noc90`` (the fewest clicks, 0..noc_cap, giving tumor
+    Dice >= 0.85 / 0.90; ``noc_cap`` when never reached; None when the reference has no tumor), and the lesion false
+    negatives of auto mode versus after one click per missed lesion (a fresh session with only those clicks).
     """
     tumor_voxels = int(np.count_nonzero(reference == TUMOR))
+    truth = np.isin(reference, target)
     has_tumor = tumor_voxels > 0
     clicks: list[UserClick] = []
     prediction = refine([])
@@ -476,6 +479,7 @@ def click_protocol(
     tumor = [curves["tumor"][0]]
     settled = False  # the target class is exact: further clicks change nothing
     unchanged = 0
+    changes = dict.fromkeys(("positive_added", "positive_added_true", "negative_removed", "negative_removed_true"), 0)
     last_needed = max(max_clicks, noc_cap if has_tumor else 0)
     for k in range(1, last_needed + 1):
         if k > max_clicks and tumor[-1] >= max(NOC_THRESHOLDS):
@@ -488,13 +492,17 @@ def click_protocol(
                 clicks.append(user_click(click, reference, target))
                 previous, prediction = prediction, refine(list(clicks))
                 unchanged += bool(np.array_equal(previous, prediction))
+                before, after = np.isin(previous, target), np.isin(prediction, target)
+                kind, changed = ("positive_added", after & ~before) if clicks[-1][1] else ("negative_removed", before & ~after)
+                changes[kind] += int(np.count_nonzero(changed))
+                changes[f"{kind}_true"] += int(np.count_nonzero(changed & truth))
         tumor.append(dice(prediction == TUMOR, reference == TUMOR))
         if k <= max_clicks:
             for hec in HEC_NAMES:
                 curves[hec].append(dice(region_mask(prediction, hec), region_mask(reference, hec)))
 
     result: dict = {"dice": curves, "clicks": clicks[:max_clicks], "clicks_played": len(clicks), "clicks_unchanged": unchanged,
-                    "tumor_ml": tumor_voxels * voxel_ml(spacing)}
+                    **changes, "tumor_ml": tumor_voxels * voxel_ml(spacing)}
     for threshold in NOC_THRESHOLDS:
         reached = [k for k, value in enumerate(tumor) if value >= threshold]
         result[f"noc{round(threshold * 100)}"] = (reached[0] if reached else noc_cap) if has_tumor else None
@@ -522,8 +530,10 @@ def interactive_evaluation(
     the refine callable of that case with that guidance encoding. Per method: mean Dice per HEC
     after each click, mean NoC@85 / NoC@90 over cases with a tumor, the area under the tumor
     Dice-per-click curve (mean over clicks 0..max_clicks), the pooled lesion false-negative rate
-    of auto mode and after one click per missed lesion, the share of clicks that changed nothing, and the
-    tumor figures per tumor size (``by_tumor_size``).
+    of auto mode and after one click per missed lesion, the share of clicks that changed nothing, the pooled share of
+    what positive clicks added that the reference holds and of what negative clicks removed that it holds (a click
+    rule or model that leaks less raises the first and lowers the second), and the tumor figures per tumor size
+    (``by_tumor_size``).
     """
     result: dict = {"max_clicks": max_clicks, "noc_cap": noc_cap, "target": list(target), "methods": {}}
     for method in methods:
@@ -532,6 +542,7 @@ def interactive_evaluation(
             per_case[name] = click_protocol(reference, spacing, make_refine(name, method), max_clicks, noc_cap, target)
         runs = list(per_case.values())
         lesions = sum(run["lesions"] for run in runs)
+        changed = {key: sum(run[key] for run in runs) for key in ("positive_added", "positive_added_true", "negative_removed", "negative_removed_true")}
         summary: dict = {
             "dice": {hec: np.mean([run["dice"][hec] for run in runs], axis=0).round(4).tolist() for hec in HEC_NAMES},
             "tumor_cases": sum(run["noc85"] is not None for run in runs),
@@ -539,6 +550,8 @@ def interactive_evaluation(
             "lesion_fn_rate_auto": _ratio(sum(run["lesions_missed_auto"] for run in runs), lesions),
             "lesion_fn_rate_after_clicks": _ratio(sum(run["lesions_missed_after_clicks"] for run in runs), lesions),
             "unchanged_click_rate": _ratio(sum(run["clicks_unchanged"] for run in runs), sum(run["clicks_played"] for run in runs)),
+            "positive_added_true_share": _ratio(changed["positive_added_true"], changed["positive_added"]),
+            "negative_removed_true_share": _ratio(changed["negative_removed_true"], changed["negative_removed"]),
             "cases": per_case,
         }
         summary["tumor_dice_auc"] = float(np.mean(summary["dice"]["tumor"]))
@@ -601,6 +614,8 @@ def format_interactive_table(result: dict) -> str:
         ("lesion_fn_rate_auto", "lesion FN rate, auto"),
         ("lesion_fn_rate_after_clicks", "lesion FN, 1 click/miss"),
         ("unchanged_click_rate", "clicks changing nothing"),
+        ("positive_added_true_share", "+ click adds, true"),
+        ("negative_removed_true_share", "- click removes, true"),
     ):
         lines.append(f"{title:22s}" + "".join(f"{result['methods'][method][key]:15.3f}" for method in methods))
         if key in ("noc85", "noc90"):

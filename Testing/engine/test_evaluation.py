@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage
 
 from RenalSegLib import evaluation
 from RenalSegLib.cli import main
@@ -374,6 +375,30 @@ def test_click_protocol_counts_clicks_to_threshold_and_lesion_misses_exactly():
     assert len(calls) == 5
 
 
+def test_click_protocol_counts_what_positive_clicks_add_and_negative_clicks_remove_against_the_reference():
+    reference, auto, tumor, spacing = two_lesion_case()
+    leak = ndimage.binary_dilation(tumor, iterations=2) & (reference == KIDNEY)  # kidney around the tumor
+    eroded = ndimage.binary_erosion(tumor)  # the tumor less its rim
+
+    def model(clicks):  # click 1 (positive): tumor and leak; click 2 (negative): leak and rim gone; click 3: exact
+        prediction = auto.copy()
+        if len(clicks) >= 3:
+            return reference.copy()
+        if len(clicks) >= 1:
+            prediction[(tumor | leak) if len(clicks) == 1 else eroded] = TUMOR
+        return prediction
+
+    run = evaluation.click_protocol(reference, spacing, model, max_clicks=3, noc_cap=3)
+    assert [positive for _, positive, _ in run["clicks"]] == [True, False, True]
+    rim = tumor & ~eroded
+    assert (run["positive_added"], run["positive_added_true"]) == (tumor.sum() + leak.sum() + rim.sum(), tumor.sum() + rim.sum())
+    assert (run["negative_removed"], run["negative_removed_true"]) == (leak.sum() + rim.sum(), rim.sum())
+    result = evaluation.interactive_evaluation([("case", reference, spacing)], lambda name, method: model, methods=("gaussian",),
+                                               max_clicks=3, noc_cap=3)["methods"]["gaussian"]
+    assert result["positive_added_true_share"] == pytest.approx((tumor.sum() + rim.sum()) / (tumor.sum() + leak.sum() + rim.sum()))
+    assert result["negative_removed_true_share"] == pytest.approx(rim.sum() / (leak.sum() + rim.sum()))
+
+
 def test_click_protocol_names_the_class_a_user_would_click():
     """A cyst called tumor gets a positive cyst click (relabel), not a negative tumor click; so does a missed cyst."""
     reference, _, tumor, spacing = two_lesion_case()
@@ -442,6 +467,7 @@ def test_interactive_evaluation_reports_both_guidance_methods_side_by_side():
     assert adaptive["lesion_fn_rate_auto"] == 0.5 and adaptive["lesion_fn_rate_after_clicks"] == 0.0
     table = evaluation.format_interactive_table(result)
     assert "NoC@90" in table and "adaptive" in table and "gaussian" in table and "clicks changing nothing" in table
+    assert "+ click adds, true" in table and "- click removes, true" in table
     assert [group["cases"] for group in gaussian["by_tumor_size"]] == [1, 0, 0]  # an 8 mm tumor sphere
     assert table.count("tumor figures by tumor size") == 2
     case = gaussian["cases"]["case"]
@@ -475,7 +501,8 @@ def test_click_figures_by_tumor_size_split_at_the_tnm_bounds():
     result = {"max_clicks": 1, "noc_cap": 20, "methods": {"gaussian": {
         "dice": {hec: [0.5, 0.6] for hec in evaluation.HEC_NAMES}, "intervals": {"tumor_dice": [(0.0, 1.0)] * 2, "noc85": (0, 20), "noc90": (0, 20)},
         "noc85": 8.0, "noc90": 8.0, "tumor_dice_auc": 0.55, "lesion_fn_rate_auto": 0.0, "lesion_fn_rate_after_clicks": 0.0,
-        "unchanged_click_rate": 0.0, "by_tumor_size": [small, middle, large]}}}
+        "unchanged_click_rate": 0.0, "positive_added_true_share": 0.5, "negative_removed_true_share": 0.1,
+        "by_tumor_size": [small, middle, large]}}}
     lines = evaluation.format_interactive_table(result).splitlines()
     assert lines[-3].split() == ["up", "to", "4", "cm", "2", "0.600", "12.0", "12.0"]
     assert lines[-2].split() == ["4-7", "cm", "1", "0.950", "0.0", "0.0"]
