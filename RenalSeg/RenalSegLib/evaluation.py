@@ -438,6 +438,9 @@ def write_csv(rows: Sequence[dict], path: str | os.PathLike, summary: dict | Non
 
 NOC_THRESHOLDS = (0.85, 0.90)
 NOC_CAP = 20  # clicks; a case that never reaches the threshold counts as NOC_CAP (the usual convention)
+# What the clicks changed of the target classes: voxels positive clicks added, negative clicks removed, and how many of
+# each the reference holds (``click_protocol`` counts them per case, ``interactive_evaluation`` pools them).
+CLICK_CHANGE_COUNTS = ("positive_added", "positive_added_true", "negative_removed", "negative_removed_true")
 # The click figures are also given per tumor size: the diameter of a sphere of a case's reference tumor volume,
 # split at the TNM bounds of 4 and 7 cm (T1a / T1b / T2, which TNM takes on the greatest diameter). Partial
 # nephrectomy, what the clicks serve, is mostly for tumors of up to 4 cm, and a thin error rim costs a small
@@ -479,7 +482,8 @@ def click_protocol(
     tumor = [curves["tumor"][0]]
     settled = False  # the target class is exact: further clicks change nothing
     unchanged = 0
-    changes = dict.fromkeys(("positive_added", "positive_added_true", "negative_removed", "negative_removed_true"), 0)
+    changes = dict.fromkeys(CLICK_CHANGE_COUNTS, 0)
+    in_target = np.isin(prediction, target)
     last_needed = max(max_clicks, noc_cap if has_tumor else 0)
     for k in range(1, last_needed + 1):
         if k > max_clicks and tumor[-1] >= max(NOC_THRESHOLDS):
@@ -492,8 +496,9 @@ def click_protocol(
                 clicks.append(user_click(click, reference, target))
                 previous, prediction = prediction, refine(list(clicks))
                 unchanged += bool(np.array_equal(previous, prediction))
-                before, after = np.isin(previous, target), np.isin(prediction, target)
-                kind, changed = ("positive_added", after & ~before) if clicks[-1][1] else ("negative_removed", before & ~after)
+                before, in_target = in_target, np.isin(prediction, target)
+                _, positive, _ = clicks[-1]
+                kind, changed = ("positive_added", in_target & ~before) if positive else ("negative_removed", before & ~in_target)
                 changes[kind] += int(np.count_nonzero(changed))
                 changes[f"{kind}_true"] += int(np.count_nonzero(changed & truth))
         tumor.append(dice(prediction == TUMOR, reference == TUMOR))
@@ -542,7 +547,7 @@ def interactive_evaluation(
             per_case[name] = click_protocol(reference, spacing, make_refine(name, method), max_clicks, noc_cap, target)
         runs = list(per_case.values())
         lesions = sum(run["lesions"] for run in runs)
-        changed = {key: sum(run[key] for run in runs) for key in ("positive_added", "positive_added_true", "negative_removed", "negative_removed_true")}
+        changed = {key: sum(run[key] for run in runs) for key in CLICK_CHANGE_COUNTS}
         summary: dict = {
             "dice": {hec: np.mean([run["dice"][hec] for run in runs], axis=0).round(4).tolist() for hec in HEC_NAMES},
             "tumor_cases": sum(run["noc85"] is not None for run in runs),
